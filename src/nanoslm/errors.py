@@ -1,0 +1,28 @@
+"""The one exception type for mistakes a user can fix (bad params, missing files, ...).
+
+Stages and the CLI catch it, print its one-line message and exit non-zero; any other
+exception is a bug and keeps its traceback.
+"""
+
+import os
+import sys
+from contextlib import contextmanager
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message says what is wrong and how to fix it."""
+
+
+@contextmanager
+def exit_on_user_error():
+    """Turn a UserError into `error: <message>` on stderr and exit status 2.
+
+    Set NANOSLM_DEBUG=1 to see the traceback instead.
+    """
+    try:
+        yield
+    except UserError as err:
+        if os.environ.get("NANOSLM_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
