@@ -1,0 +1,96 @@
+"""The tokenize stage: turn each split's .txt into a flat file of uint16 GPT-2 token ids, as nanoGPT does.
+
+A split's .bin is one EOT, then every story's tokens followed by EOT, so each story is preceded by EOT:
+a window starting at an EOT sees a story from its beginning.
+"""
+
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+from tqdm import tqdm
+
+from .atomic import atomic_path, write_json
+from .config import TokenizerConfig
+from .errors import UserError
+from .sources import SPLITS, iter_txt_stories
+from .tokenizer import get_encoding
+
+FORMAT_VERSION = 1
+DTYPE = np.uint16  # GPT-2's 50,257 ids fit; half the bytes of int32
+
+
+def tokenize_split(txt_path, bin_path, enc: tiktoken.Encoding, batch_stories: int, threads: int) -> dict:
+    """Tokenize a hub-layout .txt into `bin_path`, a batch at a time; return its stories, tokens and text bytes.
+
+    threads: encoder threads; 0 means every core.
+    """
+    txt_path = Path(txt_path)
+    threads = threads or os.cpu_count() or 1
+    if not txt_path.is_file():
+        raise UserError(f"{txt_path}: not found; run the download stage first: dvc repro download")
+    stories = nbytes = 0
+    tokens = 1  # the leading EOT
+    with (atomic_path(bin_path) as tmp, open(tmp, "wb") as f,
+          tqdm(desc=f"tokenize {txt_path.stem}", unit=" stories", file=sys.stderr) as bar):
+        np.array([enc.eot_token], dtype=DTYPE).tofile(f)
+        reader = iter_txt_stories(txt_path)
+        while batch := list(itertools.islice(reader, batch_stories)):
+            ids: list[int] = []
+            for story_ids in enc.encode_ordinary_batch(batch, num_threads=threads):
+                ids += story_ids
+                ids.append(enc.eot_token)
+            np.asarray(ids, dtype=DTYPE).tofile(f)
+            stories += len(batch)
+            tokens += len(ids)
+            nbytes += sum(len(story.encode("utf-8")) for story in batch)
+            bar.update(len(batch))
+    return {"stories": stories, "tokens": tokens, "bytes": nbytes}
+
+
+def tokenize(raw_dir, out_dir, cfg: TokenizerConfig, threads: int) -> dict:
+    """Tokenize raw_dir/{train,validation}.txt into out_dir/{train,validation}.bin and out_dir/meta.json."""
+    enc = get_encoding(cfg.name)
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    splits = {split: tokenize_split(raw_dir / f"{split}.txt", out_dir / f"{split}.bin", enc, cfg.batch_stories,
+                                    threads)
+              for split in SPLITS}
+    meta = {"format_version": FORMAT_VERSION, "tokenizer": cfg.name, "vocab_size": enc.n_vocab,
+            "eot_token": enc.eot_token, "dtype": np.dtype(DTYPE).name, "splits": splits}
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def read_meta(tokens_dir) -> dict:
+    path = Path(tokens_dir) / "meta.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run: dvc repro tokenize")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON; rerun: dvc repro --force tokenize") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: not format version {FORMAT_VERSION}; rerun: dvc repro --force tokenize")
+    return meta
+
+
+def load_split(tokens_dir, split: str) -> np.memmap:
+    """Memory-map a split's tokens read-only, after checking the file against meta.json."""
+    meta = read_meta(tokens_dir)
+    path = Path(tokens_dir) / f"{split}.bin"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run: dvc repro tokenize")
+    size = path.stat().st_size
+    itemsize = np.dtype(DTYPE).itemsize
+    if size % itemsize:
+        raise UserError(f"{path}: {size} bytes is not a whole number of {np.dtype(DTYPE).name} tokens, so the file is "
+                        f"damaged; rerun: dvc repro --force tokenize")
+    expected = meta["splits"][split]["tokens"]
+    if size // itemsize != expected:
+        raise UserError(f"{path}: holds {size // itemsize} tokens but meta.json says {expected}; "
+                        f"rerun: dvc repro --force tokenize")
+    return np.memmap(path, dtype=DTYPE, mode="r")

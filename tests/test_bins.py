@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+
+from nanoslm import bins
+from nanoslm.bins import load_split, read_meta, tokenize, tokenize_split
+from nanoslm.config import TokenizerConfig
+from nanoslm.errors import UserError
+from nanoslm.tokenizer import EOT, gpt2_encoding
+
+TRAIN = ["Hello world", "Once upon a time, “Lily” saw a café.\n\nThe end.", "Tom ran.", "A <|endoftext|> B", "Hi."]
+VALID = ["The sun came up.", "Sue waved."]
+
+
+def write_hub_txt(path, stories):
+    path.write_text("".join(s + "\n<|endoftext|>\n" for s in stories), encoding="utf-8")
+
+
+@pytest.fixture
+def raw(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_hub_txt(raw / "train.txt", TRAIN)
+    write_hub_txt(raw / "validation.txt", VALID)
+    return raw
+
+
+def test_bin_layout(raw, tmp_path):
+    enc = gpt2_encoding()
+    stats = tokenize_split(raw / "train.txt", tmp_path / "train.bin", enc, batch_stories=2, threads=2)
+    ids = np.fromfile(tmp_path / "train.bin", dtype="<u2")
+    assert ids[:3].tolist() == [EOT, 15496, 995]  # EOT, then "Hello world"
+    eots = np.flatnonzero(ids == EOT)
+    assert len(eots) == len(TRAIN) + 1 and eots[0] == 0 and eots[-1] == len(ids) - 1
+    decoded = [enc.decode(ids[a + 1:b].tolist()) for a, b in zip(eots[:-1], eots[1:])]
+    assert decoded == TRAIN
+    assert stats == {"stories": len(TRAIN), "tokens": len(ids), "bytes": sum(len(s.encode()) for s in TRAIN)}
+
+
+def test_batch_size_does_not_change_the_output(raw, tmp_path):
+    enc = gpt2_encoding()
+    tokenize_split(raw / "train.txt", tmp_path / "a.bin", enc, batch_stories=1, threads=1)
+    tokenize_split(raw / "train.txt", tmp_path / "b.bin", enc, batch_stories=1000, threads=4)
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+
+
+def test_tokenize_writes_meta_and_reruns_identically(raw, tmp_path):
+    out = tmp_path / "tokens"
+    meta = tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=3), threads=0)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "validation.bin"]
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    valid_tokens = 1 + sum(len(gpt2_encoding().encode_ordinary(s)) + 1 for s in VALID)
+    assert read_meta(out) == meta
+    assert meta == {
+        "format_version": 1,
+        "tokenizer": "gpt2",
+        "vocab_size": 50257,
+        "eot_token": 50256,
+        "dtype": "uint16",
+        "splits": {
+            "train": {"stories": 5, "tokens": meta["splits"]["train"]["tokens"],
+                      "bytes": sum(len(s.encode()) for s in TRAIN)},
+            "validation": {"stories": 2, "tokens": valid_tokens, "bytes": sum(len(s.encode()) for s in VALID)},
+        },
+    }
+    assert meta["splits"]["train"]["tokens"] == len(first["train.bin"]) // 2
+
+    tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=2), threads=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_load_split_memmaps_read_only(raw, tmp_path):
+    tokenize(raw, tmp_path / "tokens", TokenizerConfig(name="gpt2", batch_stories=8), threads=1)
+    ids = load_split(tmp_path / "tokens", "validation")
+    assert isinstance(ids, np.memmap) and ids.dtype == np.uint16 and ids.mode == "r"
+    assert ids[0] == EOT and gpt2_encoding().decode(ids[1:].tolist()).split("<|endoftext|>")[:2] == VALID
+
+
+def test_failed_write_leaves_no_file(raw, tmp_path):
+    class Broken:
+        eot_token = EOT
+        calls = 0
+
+        def encode_ordinary_batch(self, batch, num_threads):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("out of memory")
+            return gpt2_encoding().encode_ordinary_batch(batch, num_threads=num_threads)
+
+    out = tmp_path / "tokens"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tokenize_split(raw / "train.txt", out / "train.bin", Broken(), batch_stories=2, threads=1)
+    assert list(out.iterdir()) == []
+
+
+def test_missing_inputs_say_which_stage_to_run(tmp_path):
+    with pytest.raises(UserError, match="dvc repro download"):
+        tokenize_split(tmp_path / "train.txt", tmp_path / "train.bin", gpt2_encoding(), 8, 1)
+    with pytest.raises(UserError, match="meta.json: not found; run: dvc repro tokenize"):
+        load_split(tmp_path, "train")
+
+
+@pytest.fixture
+def tokens(raw, tmp_path):
+    out = tmp_path / "tokens"
+    tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=8), threads=1)
+    return out
+
+
+def test_odd_byte_count_is_rejected(tokens):
+    with open(tokens / "train.bin", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(UserError, match="not a whole number of uint16 tokens"):
+        load_split(tokens, "train")
+
+
+def test_token_count_must_match_meta(tokens):
+    ids = np.fromfile(tokens / "train.bin", dtype=np.uint16)
+    ids[:-1].tofile(tokens / "train.bin")
+    with pytest.raises(UserError, match=f"holds {len(ids) - 1} tokens but meta.json says {len(ids)}"):
+        load_split(tokens, "train")
+
+
+def test_missing_bin_and_old_meta_are_rejected(tokens):
+    (tokens / "validation.bin").unlink()
+    with pytest.raises(UserError, match="validation.bin: not found"):
+        load_split(tokens, "validation")
+    (tokens / "meta.json").write_text('{"format_version": 0}')
+    with pytest.raises(UserError, match="not format version 1"):
+        read_meta(tokens)
+
+
+def test_dtype_holds_every_gpt2_id():
+    assert np.iinfo(bins.DTYPE).max >= gpt2_encoding().n_vocab - 1
