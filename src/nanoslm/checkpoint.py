@@ -1,0 +1,73 @@
+"""Checkpoints: tensors plus plain metadata, written atomically, read with torch.load(weights_only=True).
+
+weights_only=True refuses pickled code, so a checkpoint from elsewhere cannot run anything on load.
+"""
+
+import dataclasses
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_path
+from .config import GPTConfig
+from .errors import UserError
+from .model import GPT
+
+FORMAT_VERSION = 1
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain GPT under torch.compile / DDP wrappers, so saved keys never carry their prefixes."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save(path, model: torch.nn.Module, **meta) -> None:
+    """Save the model's weights and config with `meta` (plain values and tensors only)."""
+    model = unwrap(model)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "model_config": dataclasses.asdict(model.config),
+        "model": model.state_dict(),
+        **meta,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load(path, map_location="cpu") -> dict:
+    """Read and check a checkpoint; every way it can be unusable is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; train one first: dvc repro train")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
+        raise UserError(f"{path}: refused to load: it holds more than tensors and plain values ({first[:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(err).splitlines()[0][:120]}); "
+                        f"retrain: dvc repro --force train") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise UserError(f"{path}: not a Nano-SLM checkpoint")
+    if state["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {state['format_version']} is not the supported format "
+                        f"{FORMAT_VERSION}; retrain with this version: dvc repro --force train")
+    return state
+
+
+def load_model(path, device="cpu") -> tuple[GPT, dict]:
+    """A GPT in eval mode with the checkpoint's weights, and the checkpoint's metadata."""
+    state = load(path, map_location=device)
+    try:
+        cfg = GPTConfig(**state["model_config"])
+        model = GPT(cfg)
+        model.load_state_dict(state.pop("model"))
+    except (TypeError, KeyError, RuntimeError) as err:
+        raise UserError(f"{path}: weights do not match the stored model config ({str(err).splitlines()[0][:120]})") from None
+    return model.to(device).eval(), state

@@ -1,0 +1,61 @@
+"""LM head + cross-entropy in row chunks, so the (tokens x vocab) logits never exist at once.
+
+With GPT-2's 50,257-id head the full logits of one 8K-token batch take 1.6 GB in float32 and
+dominate a small model's step time and memory. Here each chunk's logits are made, turned into
+the loss and (when training) straight into gradients, then dropped. Computing the gradients in the
+forward pass costs no extra matmul: the loss is a scalar, so backward only rescales them.
+"""
+
+import torch
+
+CHUNK_ROWS = 1024  # rows per chunk: large enough for efficient matmuls, small enough that a chunk's logits stay ~200 MB
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+        for start in range(0, hidden.size(0), CHUNK_ROWS):
+            h = hidden[start : start + CHUNK_ROWS]
+            t = targets[start : start + CHUNK_ROWS]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if needs_grad:
+                # d(sum nll)/d logits = softmax - one_hot(target)
+                probs = torch.exp_(logits.sub_(lse[:, None]))
+                probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                probs = probs.to(hidden.dtype)
+                grad_hidden[start : start + CHUNK_ROWS] = probs @ weight
+                grad_weight += (probs.t() @ h).float()
+        if needs_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_total, grad_weight * grad_total, None
+
+
+def head_loss(hidden, weight, targets, reduction: str = "mean"):
+    """Cross-entropy of `hidden @ weight.T` against `targets`, in float32.
+
+    hidden: (..., C); weight: (V, C); targets: (...) int64. Under autocast the matmuls run in the
+    autocast dtype, as a plain nn.Linear + F.cross_entropy would.
+    """
+    hidden = hidden.reshape(-1, hidden.size(-1))
+    targets = targets.reshape(-1)
+    if torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        total = _ChunkedHeadLoss.apply(hidden, weight, targets)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / targets.numel()
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

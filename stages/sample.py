@@ -1,0 +1,15 @@
+"""sample: continue the prompts in params.yaml with the best checkpoint; write them as Markdown."""
+
+import sys
+
+from nanoslm import hardware
+from nanoslm.config import load_params
+from nanoslm.errors import exit_on_user_error
+from nanoslm.generate import write_samples
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        checkpoint_path, out_path = sys.argv[1:]
+        params = load_params()
+        for s in write_samples(checkpoint_path, params.sample, hardware.setup(params.hardware), out_path):
+            print(f"{s['prompt']}{s['text']}\n")
