@@ -48,10 +48,11 @@ def load(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
-        raise UserError(f"{path}: refused to load: it holds more than tensors and plain values ({first[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(err).splitlines()[0][:120]}); "
+        raise UserError(f"{path}: refused to load: it holds more than tensors and plain values "
+                        f"({_first_line(err, 'unsupported content')})") from None
+    # an empty or non-torch file fails inside the unpickler with EOFError, KeyError, IndexError, ...
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as err:
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(err)}); "
                         f"retrain: dvc repro --force train") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise UserError(f"{path}: not a Nano-SLM checkpoint")
@@ -69,5 +70,11 @@ def load_model(path, device="cpu") -> tuple[GPT, dict]:
         model = GPT(cfg)
         model.load_state_dict(state.pop("model"))
     except (TypeError, KeyError, RuntimeError) as err:
-        raise UserError(f"{path}: weights do not match the stored model config ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: weights do not match the stored model config ({_first_line(err)})") from None
     return model.to(device).eval(), state
+
+
+def _first_line(err: Exception, default: str = "") -> str:
+    """The start of an exception's message for a one-line error; its type's name when the message is empty."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:120] if lines else default or type(err).__name__

@@ -94,9 +94,12 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_params(self, non_embedding: bool = True) -> int:
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameter count (the tied head counted once); embeddings=False leaves out both embedding tables."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if not embeddings:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
 
     def hidden(self, idx):
         """Final hidden states (B, T, n_embd) for token ids (B, T)."""

@@ -97,7 +97,8 @@ def train(params: Params, tokens_dir, models_dir, live_dir, plot_path) -> dict:
     models_dir = Path(models_dir)
     best_val = float("inf")
     train_points, val_points = [], []
-    print(f"training {model.num_params() / 1e6:.2f}M parameters (+ embeddings) on {hw.device} in "
+    print(f"training {model.num_params() / 1e6:.2f}M parameters ({model.num_params(embeddings=False) / 1e6:.2f}M "
+          f"outside the embeddings) on {hw.device} in "
           f"{str(hw.dtype).removeprefix('torch.')}, {tokens_per_step} tokens per step", file=sys.stderr)
 
     with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False) as live, \

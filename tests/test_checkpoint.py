@@ -1,0 +1,168 @@
+import dataclasses
+
+import pytest
+import torch
+
+from nanoslm import checkpoint
+from nanoslm.config import GPTConfig
+from nanoslm.errors import UserError
+from nanoslm.model import GPT
+
+CFG = GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(cfg=CFG, seed=0):
+    torch.manual_seed(seed)
+    return GPT(cfg)
+
+
+class Compiled(torch.nn.Module):
+    """Stands in for torch.compile's OptimizedModule: the real model under `_orig_mod`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._orig_mod = model
+
+
+class Distributed(torch.nn.Module):
+    """Stands in for DistributedDataParallel: the real model under `module`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module = model
+
+
+class Arbitrary:
+    """Any Python object: pickled by reference, so loading it could run code."""
+
+    def __init__(self):
+        self.x = 1
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = make()
+    path = tmp_path / "models" / "best.pt"  # the folder does not exist yet
+    checkpoint.save(path, model, step=7, val_loss=2.5, tokenizer="gpt2")
+    return path, model
+
+
+def test_round_trip(saved):
+    path, model = saved
+    loaded, state = checkpoint.load_model(path)
+    assert loaded.config == CFG
+    assert not loaded.training
+    assert state["step"] == 7 and state["val_loss"] == 2.5 and state["tokenizer"] == "gpt2"
+    assert state["format_version"] == checkpoint.FORMAT_VERSION
+    assert state["model_config"] == dataclasses.asdict(CFG)
+    assert "model" not in state  # the weights went into the model
+    expected = model.state_dict()
+    got = loaded.state_dict()
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # still tied after loading
+    idx = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), model.eval()(idx))
+
+
+@pytest.mark.parametrize("wrap", [Compiled, Distributed, lambda m: Distributed(Compiled(m))])
+def test_saved_keys_carry_no_wrapper_prefix(tmp_path, wrap):
+    model = make()
+    wrapped = wrap(model)
+    assert any(k.startswith(("_orig_mod.", "module.")) for k in wrapped.state_dict())  # the wrapper would add them
+    path = tmp_path / "w.pt"
+    checkpoint.save(path, wrapped, step=1, val_loss=1.0, tokenizer="gpt2")
+    keys = torch.load(path, weights_only=True)["model"].keys()
+    assert set(keys) == set(model.state_dict().keys())
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
+    checkpoint.load_model(path)  # and it loads into a plain GPT
+
+
+@pytest.mark.parametrize("keep, message", [(0, "truncated or corrupt"), (2, "best.pt"), (100, "truncated or corrupt"),
+                                           (0.5, "truncated or corrupt"), (-1, "truncated or corrupt")])
+def test_truncated_file_is_a_user_error(saved, keep, message):
+    path, _ = saved
+    data = path.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    path.write_bytes(data[:n])
+    with pytest.raises(UserError, match=message) as err:
+        checkpoint.load(path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError):
+        checkpoint.load_model(path)
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"version https://git-lfs.github.com/spec/v1\n"])
+def test_garbage_file_is_a_user_error(tmp_path, content):
+    path = tmp_path / "best.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="best.pt"):
+        checkpoint.load(path)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="dvc repro"):
+        checkpoint.load(tmp_path / "nope.pt")
+    with pytest.raises(UserError, match="not found"):
+        checkpoint.load_model(tmp_path / "nope.pt")
+
+
+def test_pickled_python_object_is_refused(tmp_path, saved):
+    path, model = saved
+    state = torch.load(path, weights_only=True)
+    state["extra"] = Arbitrary()
+    evil = tmp_path / "evil.pt"
+    torch.save(state, evil)
+    assert isinstance(torch.load(evil, weights_only=False)["extra"], Arbitrary)  # a readable file otherwise
+    with pytest.raises(UserError, match="refused"):
+        checkpoint.load(evil)
+
+
+def test_wrong_format_version(tmp_path, saved):
+    path, _ = saved
+    state = torch.load(path, weights_only=True)
+    state["format_version"] = 99
+    torch.save(state, path)
+    with pytest.raises(UserError, match="format 99"):
+        checkpoint.load(path)
+
+
+def test_not_a_checkpoint_dict(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(UserError, match="not a Nano-SLM checkpoint"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("change", [{"n_embd": 32}, {"n_layer": 2}, {"vocab_size": 50304}, {"surprise": 1}])
+def test_weights_that_do_not_match_the_config(saved, change):
+    path, _ = saved
+    state = torch.load(path, weights_only=True)
+    state["model_config"] = {**state["model_config"], **change}
+    torch.save(state, path)
+    with pytest.raises(UserError, match="do not match"):
+        checkpoint.load_model(path)
+
+
+def test_atomic_write_leaves_no_temp_file(tmp_path, saved):
+    path, model = saved
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        checkpoint.save(path, model, step=8, val_loss=1.0, tokenizer="gpt2", bad=lambda: None)  # cannot be pickled
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]
+    assert path.read_bytes() == before  # the old checkpoint survives a failed save
+    checkpoint.save(path, model, step=9, val_loss=1.0, tokenizer="gpt2")
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]
+    assert checkpoint.load(path)["step"] == 9

@@ -1,0 +1,117 @@
+"""params.yaml loading: every mistake is a one-line UserError naming the key."""
+
+import pytest
+import yaml
+
+from nanoslm.config import Params, load_params
+from nanoslm.errors import UserError
+
+from conftest import REPO
+
+
+def keys(tree, prefix=""):
+    """Every key path in a nested mapping (list values are leaves)."""
+    out = set()
+    for k, v in tree.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= keys(v, f"{prefix}{k}.")
+    return out
+
+
+def test_repo_params_load():
+    for name in ("params.yaml", "params-ci.yaml"):
+        assert isinstance(load_params(REPO / name), Params)
+
+
+def test_ci_params_have_the_same_keys_as_default():
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    ci = yaml.safe_load((REPO / "params-ci.yaml").read_text())
+    assert keys(default) == keys(ci)
+
+
+def write_variant(tmp_path, edit):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def error_for(tmp_path, edit) -> str:
+    with pytest.raises(UserError) as info:
+        load_params(write_variant(tmp_path, edit))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  source: x\n model: [\n")
+    with pytest.raises(UserError, match=r"line 3"):
+        load_params(path)
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path):
+    msg = error_for(tmp_path, lambda p: p["model"].update(nlayer=4))
+    assert "model.nlayer" in msg and "did you mean 'model.n_layer'" in msg
+
+
+def test_missing_key(tmp_path):
+    msg = error_for(tmp_path, lambda p: p["train"].pop("lr"))
+    assert "missing key 'train.lr'" in msg
+
+
+def test_float_written_without_dot_is_explained(tmp_path):
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text().replace("lr: 2.0e-3", "lr: 2e-3", 1)
+    assert "lr: 2e-3" in text
+    path.write_text(text)
+    with pytest.raises(UserError, match=r"'train.lr' must be a number, got the string '2e-3'.*3\.0e-4"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("model", "n_layer", "4", "'model.n_layer' must be an integer"),
+        ("model", "bias", "no", "'model.bias' must be true or false"),
+        ("model", "n_layer", 0, "'model.n_layer' must be positive"),
+        ("model", "n_embd", -8, "'model.n_embd' must be positive"),
+        ("train", "lr", 0.0, "'train.lr' must be positive"),
+        ("train", "min_lr", 1.0, "must not exceed train.lr"),
+        ("model", "dropout", 1.0, "'model.dropout' must be in [0, 1)"),
+        ("model", "vocab_size", 1000, "'model.vocab_size' must be at least 50257"),
+        ("data", "max_train_stories", 0, "'data.max_train_stories' must be positive or null"),
+        ("sample", "top_k", 0, "'sample.top_k' must be null or between 1"),
+        ("sample", "temperature", -0.5, "'sample.temperature' must be zero or more"),
+        ("sample", "prompts", "Once", "'sample.prompts' must be a list"),
+        ("hardware", "device", "tpu", "'hardware.device' must be one of auto, cpu, cuda, mps"),
+        ("hardware", "dtype", "int8", "'hardware.dtype' must be one of"),
+        ("tokenizer", "name", "llama", "'tokenizer.name' must be one of gpt2"),
+    ],
+)
+def test_bad_values(tmp_path, section, key, value, expected):
+    assert expected in error_for(tmp_path, lambda p: p[section].update({key: value}))
+
+
+def test_n_embd_must_divide_by_n_head(tmp_path):
+    msg = error_for(tmp_path, lambda p: p["model"].update(n_embd=100, n_head=3))
+    assert "'model.n_embd' (100) must be divisible by model.n_head (3)" in msg
+
+
+def test_section_must_be_a_mapping(tmp_path):
+    assert "model: expected a mapping" in error_for(tmp_path, lambda p: p.update(model=5))
+
+
+def test_optional_and_int_as_float(tmp_path):
+    params = load_params(write_variant(tmp_path, lambda p: (p["data"].update(max_train_stories=None),
+                                                            p["train"].update(lr=1))))
+    assert params.data.max_train_stories is None
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from nanoslm import hardware
+from nanoslm.config import HardwareConfig
+from nanoslm.errors import UserError
+from nanoslm.hardware import Hardware
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """setup() sets torch's thread count for the whole process; put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def hw_cfg(device="cpu", dtype="float32", threads=1):
+    return HardwareConfig(device=device, dtype=dtype, compile=False, threads=threads)
+
+
+def test_cpu():
+    hw = hardware.setup(hw_cfg(threads=1))
+    assert hw.device == torch.device("cpu") and hw.device_type == "cpu"
+    assert hw.dtype == torch.float32
+    assert torch.get_num_threads() == 1
+    assert hardware.setup(hw_cfg(dtype="bfloat16")).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_user_error():
+    with pytest.raises(UserError, match="hardware.device"):
+        hardware.setup(hw_cfg(device="cuda"))
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_without_mps_is_a_user_error():
+    with pytest.raises(UserError, match="hardware.device"):
+        hardware.setup(hw_cfg(device="mps"))
+
+
+def test_float16_on_cpu_is_a_user_error():
+    with pytest.raises(UserError, match="hardware.dtype float16"):
+        hardware.setup(hw_cfg(dtype="float16"))
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    assert hardware.setup(hw_cfg(dtype="auto")).dtype == expected
+
+
+def test_cpu_has_native_bf16_returns_a_bool():
+    assert isinstance(hardware.cpu_has_native_bf16(), bool)
+
+
+def test_autocast_is_a_no_op_for_float32():
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with Hardware(torch.device("cpu"), torch.float32).autocast():
+        assert not torch.is_autocast_enabled("cpu")
+        out = a @ b
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, a @ b, rtol=0, atol=0)
+
+
+def test_autocast_bf16_runs_matmuls_in_bf16():
+    with Hardware(torch.device("cpu"), torch.bfloat16).autocast():
+        assert torch.is_autocast_enabled("cpu")
+        out = torch.randn(4, 4) @ torch.randn(4, 4)
+    assert out.dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_keep_freed_memory_runs():
+    hardware.keep_freed_memory()
+    hardware.keep_freed_memory()  # idempotent
+    x = torch.ones(1 << 22)  # a large allocation still works afterwards
+    assert x.sum().item() == 1 << 22

@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanoslm.config import GPTConfig
+from nanoslm.model import GPT
+
+CFG = GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(cfg=CFG, seed=0):
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+def tokens(B, T, seed=1, vocab=CFG.vocab_size):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_output_shapes():
+    model = make()
+    idx, targets = tokens(3, 10), tokens(3, 10, seed=2)
+    loss = model(idx, targets)
+    assert loss.shape == () and loss.dtype == torch.float32
+    # an untrained model with 0.02-std weights predicts nearly uniformly: loss close to ln(vocab)
+    assert abs(loss.item() - math.log(CFG.vocab_size)) < 0.1
+    logits = model(idx)
+    assert logits.shape == (3, CFG.vocab_size) and logits.dtype == torch.float32
+    assert model.hidden(idx).shape == (3, 10, CFG.n_embd)
+
+
+def test_loss_and_logits_match_a_hand_computed_head():
+    model = make()
+    idx, targets = tokens(2, 12), tokens(2, 12, seed=2)
+    with torch.no_grad():
+        logits = model.hidden(idx) @ model.lm_head.weight.T
+        expected = F.cross_entropy(logits.reshape(-1, CFG.vocab_size), targets.reshape(-1))
+        expected_sum = F.cross_entropy(logits.reshape(-1, CFG.vocab_size), targets.reshape(-1), reduction="sum")
+        torch.testing.assert_close(model(idx, targets), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(idx, targets, reduction="sum"), expected_sum, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(model(idx), logits[:, -1, :], rtol=1e-5, atol=1e-6)
+
+
+def test_lm_head_is_tied_to_the_token_embedding():
+    model = make()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    with torch.no_grad():
+        model.transformer.wte.weight[5, 0] = 123.0
+    assert model.lm_head.weight[5, 0].item() == 123.0
+    # one parameter, listed once
+    params = list(model.parameters())
+    assert sum(p is model.lm_head.weight for p in params) == 1
+    assert "lm_head.weight" not in dict(model.named_parameters())
+
+
+def test_causal():
+    model = make(GPTConfig(block_size=16, vocab_size=50257, n_layer=2, n_head=2, n_embd=16, dropout=0.0,
+                           bias=True))
+    idx = tokens(2, 12)
+    changed = idx.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % CFG.vocab_size
+    with torch.no_grad():
+        a, b = model.hidden(idx), model.hidden(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=1e-6)
+    assert (a[:, 7:] - b[:, 7:]).abs().amax(dim=-1).min() > 1e-4  # the changed position and every later one
+
+
+def test_sequence_longer_than_block_size_raises():
+    model = make()
+    model(tokens(1, CFG.block_size))  # exactly block_size is fine
+    with pytest.raises(ValueError, match="block_size"):
+        model(tokens(1, CFG.block_size + 1))
+
+
+def test_scaled_init_of_residual_projections():
+    cfg = GPTConfig(block_size=16, vocab_size=50257, n_layer=4, n_head=2, n_embd=64, dropout=0.0, bias=True)
+    model = make(cfg)
+    scaled = 0.02 / math.sqrt(2 * cfg.n_layer)
+    seen = 0
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            assert p.std().item() == pytest.approx(scaled, rel=0.05), name
+            seen += 1
+        elif name.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight")):
+            assert p.std().item() == pytest.approx(0.02, rel=0.05), name
+        elif name.endswith(".bias") and "ln_" not in name:
+            assert torch.count_nonzero(p) == 0, name
+    assert seen == 2 * cfg.n_layer
+
+
+def test_optimizer_groups():
+    cfg = GPTConfig(block_size=16, vocab_size=50257, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=True)
+    model = make(cfg)
+    opt = model.optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped))  # no parameter twice (the tied head/embedding included)
+    assert set(grouped) == {id(p) for p in model.parameters()}
+    named = {id(p): n for n, p in model.named_parameters()}
+    assert {named[id(p)] for p in decay["params"]} == {
+        n for n, p in model.named_parameters() if n.endswith("weight") and "ln_" not in n}
+    assert any(named[id(p)].endswith("c_attn.bias") for p in no_decay["params"])
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.95)

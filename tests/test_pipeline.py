@@ -1,0 +1,104 @@
+"""End to end: the real dvc.yaml in a throwaway git repo, on a generated corpus with tiny params."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_stories, write_txt
+
+
+def run(cmd, cwd, env):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def project_files():
+    """What a fresh clone would hold: tracked files plus new files git does not ignore."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    return [p for p in out.splitlines() if (REPO / p).is_file()]
+
+
+def collect(node, found):
+    """(n_layer, val_loss) of every revision in `dvc exp show --json` output."""
+    if isinstance(node, dict):
+        data = node.get("data")
+        if isinstance(data, dict) and "metrics" in data:
+            val = data["metrics"].get("metrics/eval.json", {}).get("data", {}).get("val_loss")
+            n_layer = data["params"]["params.yaml"]["data"]["model"]["n_layer"]
+            found.append((node.get("name") or node.get("rev"), n_layer, val))
+        for value in node.values():
+            collect(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            collect(value, found)
+    return found
+
+
+@pytest.fixture
+def project(tmp_path):
+    repo = tmp_path / "repo"
+    for rel in project_files():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, repo / rel)
+    for leftover in ("dvc.lock", "metrics", "plots", "samples", "dvclive"):
+        path = repo / leftover
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+    corpus = tmp_path / "corpus"
+    write_txt(corpus / "train.txt", make_stories(300, seed=1))
+    write_txt(corpus / "validation.txt", make_stories(30, seed=2))
+    params = yaml.safe_load((REPO / "params-ci.yaml").read_text())
+    params["data"].update(source=str(corpus), max_train_stories=None, max_val_stories=None)
+    params["train"].update(max_iters=10, lr_decay_iters=10, eval_interval=5, log_interval=5)
+    params["sample"].update(max_new_tokens=8)
+    params["hardware"].update(threads=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    run(["git", "init", "-q", "-b", "main"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "project"], repo, env)
+    return repo, env
+
+
+def test_repro_then_experiment(project):
+    repo, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+
+    run(dvc + ["repro"], repo, env)
+    for out in ("metrics/eval.json", "plots/loss.png", "samples/stories.md", "models/best.pt", "models/last.pt",
+                "dvclive/plots/metrics/train/loss.tsv", "dvclive/plots/metrics/val/loss.tsv"):
+        assert (repo / out).is_file(), out
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert {"val_loss", "perplexity", "bits_per_byte", "tokens"} <= metrics.keys()
+    assert "Once upon a time there was a pumpkin." in (repo / "samples/stories.md").read_text()
+
+    assert "up to date" in run(dvc + ["repro"], repo, env)  # nothing changed: nothing reruns
+
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "baseline run"], repo, env)
+    run(dvc + ["exp", "run", "-S", "model.n_layer=1"], repo, env)
+
+    rows = collect(json.loads(run(dvc + ["exp", "show", "--json"], repo, env)), [])
+    by_layers = {n_layer: (name, val) for name, n_layer, val in rows if val is not None}
+    assert set(by_layers) == {1, 2}, rows
+    assert all(math.isfinite(val) for _, val in by_layers.values())
+    exp_name = next(name for name, n_layer, _ in rows if n_layer == 1 and name not in ("workspace", "main"))
+
+    plots = json.loads(run(dvc + ["plots", "diff", "main", exp_name, "--json"], repo, env))["data"]
+    (loss,) = plots["loss"]  # the top-level plot overlaying train and val loss
+    points = loss["content"]["data"]["values"]
+    assert {(p["rev"], p["filename"]) for p in points} == {
+        (rev, f"{split}/loss.tsv") for rev in ("main", exp_name) for split in ("train", "val")}
+    assert all(math.isfinite(float(p["loss"])) for p in points)
