@@ -102,3 +102,8 @@ def test_repro_then_experiment(project):
     assert {(p["rev"], p["filename"]) for p in points} == {
         (rev, f"{split}/loss.tsv") for rev in ("main", exp_name) for split in ("train", "val")}
     assert all(math.isfinite(float(p["loss"])) for p in points)
+
+    # back to the baseline's params: DVC's run cache restores train and evaluate instead of rerunning them
+    run(["git", "checkout", "--", "params.yaml"], repo, env)
+    out = run(dvc + ["repro"], repo, env)
+    assert "Stage 'train' is cached" in out and "Stage 'evaluate' is cached" in out, out
