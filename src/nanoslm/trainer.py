@@ -53,6 +53,27 @@ def check_data(train_data, val_data, block_size: int) -> None:
                             f"lower model.block_size or use more data (data.max_*_stories)")
 
 
+def optimizer_step(forward, optimizer, scaler, micro_batches, lr: float, grad_clip: float,
+                   hw: hardware.Hardware) -> torch.Tensor:
+    """One optimizer step over gradient-accumulation micro-batches; returns their mean loss (a tensor, no sync)."""
+    micro_batches = list(micro_batches)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total = torch.zeros((), device=hw.device)
+    for x, y in micro_batches:
+        with hw.autocast():
+            loss = forward(x, y) / len(micro_batches)
+        scaler.scale(loss).backward()
+        total += loss.detach()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -121,21 +142,9 @@ def train(params: Params, tokens_dir, models_dir, live_dir, plot_path) -> dict:
                 break
 
             lr = lr_at(step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for _ in range(tc.grad_accum_steps):
-                x, y = windows(train_data, random_offsets(sampler, train_data, tc.batch_size, cfg.block_size),
-                               cfg.block_size, hw.device)
-                with hw.autocast():
-                    loss = forward(x, y) / tc.grad_accum_steps
-                scaler.scale(loss).backward()
-                running += loss.detach()
-            if tc.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            micro_batches = (windows(train_data, random_offsets(sampler, train_data, tc.batch_size, cfg.block_size),
+                                     cfg.block_size, hw.device) for _ in range(tc.grad_accum_steps))
+            running += optimizer_step(forward, optimizer, scaler, micro_batches, lr, tc.grad_clip, hw)
             window_steps += 1
             bar.update()
 
