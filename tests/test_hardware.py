@@ -16,7 +16,7 @@ def keep_thread_count():
 
 
 def hw_cfg(device="cpu", dtype="float32", threads=1):
-    return HardwareConfig(device=device, dtype=dtype, compile=False, threads=threads)
+    return HardwareConfig(device=device, dtype=dtype, compile=False, threads=threads, nproc_per_node=1)
 
 
 def test_cpu():

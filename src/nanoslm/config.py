@@ -56,6 +56,7 @@ class TrainConfig:
     eval_interval: int
     eval_iters: int
     log_interval: int
+    checkpoint_interval: int  # steps between resumable checkpoints (models/last.pt)
     seed: int
 
 
@@ -70,6 +71,7 @@ class SampleConfig:
     max_new_tokens: int
     temperature: float  # 0 = greedy
     top_k: typing.Optional[int]  # null = no top-k filtering
+    top_p: float  # nucleus sampling: keep the fewest most likely tokens holding this much probability; 1.0 = off
     seed: int
 
 
@@ -79,6 +81,7 @@ class HardwareConfig:
     dtype: str  # auto | float32 | bfloat16 | float16
     compile: bool
     threads: int  # 0 = every core
+    nproc_per_node: int  # training processes on this machine; > 1 runs the train stage under torchrun (DDP)
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,7 @@ def _check(p: Params, source) -> None:
     if not 0 <= m.dropout < 1:
         fail("model.dropout", f"must be in [0, 1), got {m.dropout}")
     positive("train", tr, "batch_size", "grad_accum_steps", "lr", "max_iters", "eval_interval", "eval_iters",
-             "log_interval")
+             "log_interval", "checkpoint_interval")
     at_least_zero("train", tr, "min_lr", "warmup_iters", "weight_decay", "grad_clip", "seed")
     if tr.min_lr > tr.lr:
         fail("train.min_lr", f"({tr.min_lr}) must not exceed train.lr ({tr.lr})")
@@ -229,8 +232,11 @@ def _check(p: Params, source) -> None:
     at_least_zero("sample", s, "temperature", "seed")
     if s.top_k is not None and not 1 <= s.top_k <= m.vocab_size:
         fail("sample.top_k", f"must be null or between 1 and model.vocab_size ({m.vocab_size}), got {s.top_k}")
+    if not 0 < s.top_p <= 1:
+        fail("sample.top_p", f"must be in (0, 1] (1.0 = off), got {s.top_p}")
     if hw.device not in DEVICES:
         fail("hardware.device", f"must be one of {', '.join(DEVICES)}, got {hw.device!r}")
     if hw.dtype not in DTYPES:
         fail("hardware.dtype", f"must be one of {', '.join(DTYPES)}, got {hw.dtype!r}")
     at_least_zero("hardware", hw, "threads")
+    positive("hardware", hw, "nproc_per_node")

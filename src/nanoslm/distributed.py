@@ -1,0 +1,92 @@
+"""Several training processes with torchrun (DDP): launching, ranks, and the few collectives we need.
+
+With one process every helper here is a no-op, so the trainer has one code path.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def relaunch_with_torchrun(nproc_per_node: int, script: str, args: list[str]) -> None:
+    """Replace this process with `torchrun` running `script` on nproc_per_node processes (this node only).
+
+    `python -P` keeps stages/ off sys.path in the workers too (stages/tokenize.py would shadow the
+    stdlib module). For several nodes, start torchrun yourself on each node (see README).
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+           "--no-python", sys.executable, "-P", script, *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
+
+
+def init(device_type: str) -> Ranks:
+    """Join the process group when started by torchrun; NCCL on CUDA, gloo on CPU."""
+    if not under_torchrun():
+        return Ranks()
+    ranks = Ranks(rank=int(os.environ["RANK"]), local_rank=int(os.environ["LOCAL_RANK"]),
+                  world_size=int(os.environ["WORLD_SIZE"]))
+    if device_type == "cuda":
+        torch.cuda.set_device(ranks.local_rank)
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return ranks
+
+
+def shutdown(ranks: Ranks) -> None:
+    if ranks.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.enabled:
+        dist.barrier()
+
+
+def mean(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Average a scalar tensor over ranks."""
+    if ranks.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= ranks.world_size
+    return value
+
+
+def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
+    """True on every rank when the flag is set on at least one (so all stop at the same step)."""
+    if not ranks.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather(obj, ranks: Ranks) -> list:
+    """Every rank's `obj` (a picklable value), on every rank."""
+    if not ranks.enabled:
+        return [obj]
+    out = [None] * ranks.world_size
+    dist.all_gather_object(out, obj)
+    return out
