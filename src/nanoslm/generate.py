@@ -1,71 +1,91 @@
-"""Sampling: continue prompts with temperature and top-k, stopping at end-of-text."""
+"""Text in, stories out: the sample stage's Markdown file and the CLI's streamed stories, on nanoslm.engine."""
 
 import sys
 from pathlib import Path
+from typing import Iterator
 
+import tiktoken
 import torch
 from tqdm import tqdm
 
 from . import checkpoint, hardware
 from .atomic import write_text
 from .config import SampleConfig
-from .model import GPT
+from .engine import Engine, Sampling, collect, generators
 from .tokenizer import get_encoding
 
 
-@torch.no_grad()
-def generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float, top_k, eot: int,
-             generator: torch.Generator, hw: hardware.Hardware) -> list[int]:
-    """New token ids after `prompt` (the end-of-text token itself is not returned)."""
-    model.eval()
-    idx = torch.tensor([prompt or [eot]], dtype=torch.long, device=hw.device)
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        with hw.autocast():
-            logits = model(idx[:, -model.config.block_size :])  # crop: the model sees at most block_size tokens
-        if temperature == 0:
-            next_id = logits.argmax(dim=-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k is not None and top_k < logits.size(-1):
-                kth = torch.topk(logits, top_k).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = torch.softmax(logits, dim=-1)
-            next_id = torch.multinomial(probs.cpu(), 1, generator=generator).to(hw.device)
-        if next_id.item() == eot:
-            break
-        new.append(next_id.item())
-        idx = torch.cat([idx, next_id], dim=1)
-    return new
+def load_engine(checkpoint_path, hw: hardware.Hardware) -> tuple[Engine, tiktoken.Encoding, dict]:
+    """An Engine on the checkpoint's model, its tokenizer, and the checkpoint's metadata."""
+    model, state = checkpoint.load_model(checkpoint_path, hw.device)
+    enc = get_encoding(state["tokenizer"])
+    return Engine(model, hw, eot=enc.eot_token, n_vocab=enc.n_vocab), enc, state
 
 
 def sample_prompts(checkpoint_path, cfg: SampleConfig, hw: hardware.Hardware) -> tuple[list[dict], dict]:
     """One continuation per prompt, and the checkpoint's metadata.
 
-    Prompt i uses seed cfg.seed + i, so adding a prompt changes no other sample.
+    All prompts run as one batch; prompt i samples with seed cfg.seed + i, so adding a prompt changes no
+    other sample.
     """
-    model, state = checkpoint.load_model(checkpoint_path, hw.device)
-    enc = get_encoding(state["tokenizer"])
-    samples = []
-    for i, prompt in enumerate(tqdm(cfg.prompts, desc="sample", unit="prompt", file=sys.stderr)):
-        generator = torch.Generator().manual_seed(cfg.seed + i)
-        ids = generate(model, enc.encode_ordinary(prompt), cfg.max_new_tokens, cfg.temperature, cfg.top_k,
-                       enc.eot_token, generator, hw)
-        samples.append({"prompt": prompt, "text": enc.decode(ids)})
-    return samples, state
+    engine, enc, state = load_engine(checkpoint_path, hw)
+    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+    prompts = [enc.encode_ordinary(p) for p in cfg.prompts]
+    steps = engine.stream(prompts, sampling, generators(cfg.seed, len(prompts)))
+    new = collect(tqdm(steps, desc="sample", unit="token", total=cfg.max_new_tokens, file=sys.stderr), len(prompts))
+    return [{"prompt": p, "text": enc.decode(ids)} for p, ids in zip(cfg.prompts, new)], state
 
 
 def write_samples(checkpoint_path, cfg: SampleConfig, hw: hardware.Hardware, out_path) -> list[dict]:
     """Sample every prompt and write them as Markdown (git-tracked, so experiments can be diffed)."""
     samples, state = sample_prompts(checkpoint_path, cfg, hw)
     top_k = "off" if cfg.top_k is None else cfg.top_k
+    top_p = "off" if cfg.top_p == 1 else cfg.top_p
     lines = [
         "# Samples",
         "",
         f"Checkpoint `{Path(checkpoint_path).as_posix()}` (step {state['step']}, val loss {state['val_loss']:.4f}); "
-        f"temperature {cfg.temperature}, top-k {top_k}, seed {cfg.seed}, at most {cfg.max_new_tokens} new tokens.",
+        f"temperature {cfg.temperature}, top-k {top_k}, top-p {top_p}, seed {cfg.seed}, "
+        f"at most {cfg.max_new_tokens} new tokens.",
     ]
     for s in samples:
         lines += ["", f"## {s['prompt']}", "", f"**{s['prompt']}**{s['text']}"]
     write_text(out_path, "\n".join(lines) + "\n")
     return samples
+
+
+class TextStream:
+    """Turns tokens into text as they come, printing each character once and only when it is whole.
+
+    A character's UTF-8 bytes can be split across tokens; decoded alone, a partial one reads as U+FFFD. So
+    this decodes all tokens so far and holds back a trailing U+FFFD until the next token completes it.
+    """
+
+    def __init__(self, enc: tiktoken.Encoding):
+        self.enc, self.tokens, self.done = enc, [], 0
+
+    def push(self, token: int) -> str:
+        """The text that `token` completes (maybe '')."""
+        self.tokens.append(token)
+        text = self.enc.decode(self.tokens).rstrip("\ufffd")
+        new, self.done = text[self.done :], max(self.done, len(text))
+        return new
+
+    def flush(self) -> str:
+        """Whatever is held back (a genuinely invalid byte sequence at the end stays U+FFFD)."""
+        text = self.enc.decode(self.tokens)
+        new, self.done = text[self.done :], len(text)
+        return new
+
+
+def stream_text(engine: Engine, enc: tiktoken.Encoding, prompt: str, sampling: Sampling,
+                generator: torch.Generator) -> Iterator[str]:
+    """The continuation of `prompt`, piece by piece as the tokens are made."""
+    text = TextStream(enc)
+    for (token,) in engine.stream([enc.encode_ordinary(prompt)], sampling, [generator]):
+        piece = text.push(token)
+        if piece:
+            yield piece
+    rest = text.flush()
+    if rest:
+        yield rest

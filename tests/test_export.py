@@ -1,0 +1,144 @@
+"""Export to Hugging Face transformers: the same logits, the same greedy tokens, the same token ids."""
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach for the network
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from nanoslm import checkpoint  # noqa: E402
+from nanoslm.cli import main  # noqa: E402
+from nanoslm.config import GPTConfig  # noqa: E402
+from nanoslm.engine import Engine, Sampling, generators  # noqa: E402
+from nanoslm.errors import UserError  # noqa: E402
+from nanoslm.export import export, gpt2_config, gpt2_weights  # noqa: E402
+from nanoslm.hardware import Hardware  # noqa: E402
+from nanoslm.model import GPT  # noqa: E402
+from nanoslm.tokenizer import EOT, get_encoding  # noqa: E402
+
+CPU = Hardware(torch.device("cpu"), torch.float32)
+ENC = get_encoding("gpt2")
+# bias: false exports zero biases; a padded vocabulary (50304) must survive
+VARIANTS = {"no-bias-padded": dict(bias=False, vocab_size=50304), "bias": dict(bias=True, vocab_size=50257)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(bias, vocab_size):
+    """A small model with weights far from the init (an untrained model predicts nearly uniformly, which would
+    hide mistakes): every parameter, biases and LayerNorm gains included, is random."""
+    cfg = GPTConfig(block_size=32, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=bias)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            layer_norm_gain = ".ln_" in name and name.endswith(".weight")
+            p.copy_((1.0 if layer_norm_gain else 0.0) + 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tmp_path_factory):
+    """(our model, transformers' model, transformers' tokenizer, the export folder)."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp(request.param)
+    model = make(**VARIANTS[request.param])
+    checkpoint.save(tmp / "best.pt", model, step=5, val_loss=3.5, tokenizer="gpt2")
+    out = export(tmp / "best.pt", tmp / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    return model, hf, tok, out
+
+
+def test_logits_match_in_float32(exported):
+    model, hf, _, _ = exported
+    assert type(hf).__name__ == "GPT2LMHeadModel" and hf.dtype == torch.float32
+    ids = torch.randint(0, 50257, (3, model.config.block_size), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model.hidden(ids) @ model.lm_head.weight.T
+        theirs = hf(ids).logits
+    assert theirs.shape == ours.shape == (3, model.config.block_size, model.config.vocab_size)
+    assert ours.std() > 1.0  # far from uniform: a wrong weight or activation would show
+    assert (theirs - ours).abs().max().item() <= 1e-4
+
+
+def test_greedy_generation_matches(exported):
+    model, hf, _, _ = exported
+    prompt = ENC.encode_ordinary("Once upon a time there was")
+    n = model.config.block_size - len(prompt)  # transformers' GPT-2 cannot go past n_positions
+    engine = Engine(model, CPU, n_vocab=model.config.vocab_size)  # transformers may pick padded ids too
+    (ours,) = engine.generate([prompt], Sampling(n, 0.0, None), generators(0, 1))
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=EOT)
+    theirs = out[0, len(prompt):].tolist()
+    theirs = theirs[: theirs.index(EOT)] if EOT in theirs else theirs
+    assert ours == theirs
+    assert len(set(ours)) > 3  # a varied continuation, not one repeated token
+
+
+TEXTS = ["Once upon a time, there was a little girl named Lily.", "  two spaces,\nnew lines\n\n\tand a tab ",
+         "A café, “quoted” 🎉 日本語 — naïve résumé", "don't won't I'm 1234567 3.14",
+         "story<|endoftext|>Next one"]
+
+
+def test_tokenizer_gives_tiktokens_ids(exported):
+    _, _, tok, _ = exported
+    for text in TEXTS:
+        ids = ENC.encode(text, allowed_special="all")
+        assert tok(text)["input_ids"] == ids, text
+        assert tok.decode(ids) == text
+    assert tok.eos_token_id == tok.bos_token_id == EOT and len(tok) == 50257
+
+
+def test_folder_contents(exported):
+    model, _, _, out = exported
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+    assert config["activation_function"] == "gelu"  # exact GELU, as Nano-SLM's MLP; GPT-2's own is gelu_new
+    assert config["tie_word_embeddings"] is True and config["layer_norm_epsilon"] == 1e-5
+    assert (config["vocab_size"], config["n_positions"]) == (model.config.vocab_size, model.config.block_size)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["best.pt", "hf"]  # no temporary folder left
+
+
+def test_export_replaces_an_earlier_export_and_refuses_other_folders(tmp_path):
+    model = make(bias=False, vocab_size=50257)
+    checkpoint.save(tmp_path / "m.pt", model, step=1, val_loss=1.0, tokenizer="gpt2")
+    out = tmp_path / "hf"
+    export(tmp_path / "m.pt", out)
+    (out / "config.json").write_text("{}")
+    export(tmp_path / "m.pt", out)  # an earlier export: replaced
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an earlier export"):
+        export(tmp_path / "m.pt", out)
+    assert (out / "mine.txt").read_text() == "keep me"
+
+
+def test_a_model_gpt2_cannot_express_is_refused():
+    cfg = dict(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False)
+    assert gpt2_config(cfg)["n_embd"] == 32
+    with pytest.raises(UserError, match=r"model.rotary = True has no equivalent in Hugging Face's GPT-2") as err:
+        gpt2_config({**cfg, "rotary": True})
+    assert "\n" not in str(err.value)
+    model = make(bias=False, vocab_size=50257)
+    model.transformer.h[0].attn.q_norm = torch.nn.LayerNorm(16)  # a weight GPT-2 has no place for
+    with pytest.raises(UserError, match="not expressible as GPT-2.*no place for: transformer.h.0.attn.q_norm"):
+        gpt2_weights(model)
+
+
+def test_cli_export(tmp_path, capsys):
+    checkpoint.save(tmp_path / "m.pt", make(bias=False, vocab_size=50257), step=1, val_loss=1.0, tokenizer="gpt2")
+    main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "hf")])
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'hf'}")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
