@@ -1,6 +1,9 @@
 """The `nanoslm` command: the library's functions without DVC.
 
     nanoslm evaluate --checkpoint models/best.pt --data validation.txt
+    nanoslm generate "Once upon a time" --checkpoint models/best.pt --seed 1
+    nanoslm chat --checkpoint models/best.pt
+    nanoslm export --checkpoint models/best.pt --out models/hf
 """
 
 import argparse
@@ -21,7 +24,8 @@ def _add_hardware_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _hardware(args) -> hardware.Hardware:
-    return hardware.setup(HardwareConfig(device=args.device, dtype=args.dtype, compile=False, threads=args.threads))
+    return hardware.setup(HardwareConfig(device=args.device, dtype=args.dtype, compile=False, threads=args.threads,
+                                         nproc_per_node=1))
 
 
 def _evaluate(args) -> None:
@@ -31,8 +35,116 @@ def _evaluate(args) -> None:
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
+def _bench(args) -> None:
+    import dataclasses
+
+    from . import bench
+    from .config import load_params
+
+    params = load_params(args.params)
+    if args.threads is not None:
+        params = dataclasses.replace(params, hardware=dataclasses.replace(params.hardware, threads=args.threads))
+    result = bench.run_bench(params, args.preset, args.steps, args.only, tokens_dir=args.tokens, corpus=args.corpus,
+                             corpus_mb=args.tokenize_corpus_mb)
+    print(json.dumps(result, indent=2) if args.json else bench.format_table(result))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other error here: `error: ...` and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
+def _top_k(text: str):
+    if text.lower() in ("off", "none", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or off, got {text!r}") from None
+
+
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, the sampling settings, --seed and the hardware flags of generate and chat."""
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help=f"a checkpoint from the train stage (default: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                        help="at most N new tokens per story; it also ends at <|endoftext|> (default: 200)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="randomness: lower is safer, 0 = always the most likely token (default: 0.8)")
+    parser.add_argument("--top-k", type=_top_k, default=200, metavar="K",
+                        help="sample among the K most likely tokens; off = all (default: 200)")
+    parser.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                        help="nucleus sampling: among the fewest most likely tokens holding probability P; "
+                             "1 = off (default: 1.0)")
+    parser.add_argument("--seed", type=int, help="random seed, for a repeatable story (default: a random one)")
+    _add_hardware_args(parser)
+
+
+def _sampling(args):
+    from .engine import Sampling
+
+    return Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p)
+
+
+def _seed(args) -> int:
+    import random
+
+    return args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def _generate(args) -> None:
+    import sys
+
+    from .engine import generators
+    from .errors import UserError
+    from .generate import load_engine, stream_text
+
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    engine, enc, _ = load_engine(args.checkpoint, _hardware(args))
+    sampling = _sampling(args).check(engine.model.config.vocab_size)
+    seed = _seed(args)
+    try:
+        for i, generator in enumerate(generators(seed, args.num_samples)):
+            if args.num_samples > 1:
+                print(f"{chr(10) if i else ''}--- sample {i + 1} of {args.num_samples} (seed {seed + i}) ---")
+            print(args.prompt, end="", flush=True)
+            for piece in stream_text(engine, enc, args.prompt, sampling, generator):
+                print(piece, end="", flush=True)
+            print()
+    except KeyboardInterrupt:
+        print()
+        sys.exit(130)
+
+
+def _chat(args) -> None:
+    import sys
+
+    from .chat import Chat
+    from .generate import load_engine
+
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401 - line editing and history for input()
+        except ImportError:
+            pass
+    engine, enc, _ = load_engine(args.checkpoint, _hardware(args))
+    Chat(engine, enc, _sampling(args), _seed(args)).run()
+
+
+def _export(args) -> None:
+    from .export import export
+
+    out = export(args.checkpoint, args.out)
+    print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r}) "
+          f"and AutoTokenizer.from_pretrained({str(out)!r})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nanoslm", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="nanoslm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ev = commands.add_parser(
@@ -44,6 +156,58 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: 16)")
     _add_hardware_args(ev)
     ev.set_defaults(run=_evaluate)
+
+    be = commands.add_parser(
+        "bench", help="training tokens/s vs a plain PyTorch loop, MFU, peak memory, tokenize and sampling speed",
+        description="Benchmark the current params (or a preset): the train step's tokens/s, FLOP/s and MFU against a "
+                    "matmul peak measured on the spot, side by side with a plain fp32 PyTorch loop on the same "
+                    "model, weights and batches; tokenize MB/s and tokens/s on a generated corpus; sampling "
+                    "tokens/s. Each phase runs in its own process and reports its own peak RSS. Progress goes to "
+                    "stderr.")
+    be.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    be.add_argument("--preset", default="default",
+                    help="named overrides of the model/train sections: default (the params as they are), tiny, "
+                         "gpt2-30m (default: default)")
+    be.add_argument("--steps", type=int, default=10, help="timed training steps, after 2 warm-up steps (default: 10)")
+    be.add_argument("--only", default="train,tokenize,sample",
+                    help="comma-separated phases among train, tokenize, sample (default: all)")
+    be.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    be.add_argument("--tokenize-corpus-mb", type=float, default=80.0, metavar="MB",
+                    help="size of the generated tokenize corpus (default: 80, over 10x the shared sample)")
+    be.add_argument("--corpus", metavar="FILE", help="a .txt file in the hub's layout whose stories seed the "
+                                                     "tokenize corpus (default: generated TinyStories-like text)")
+    be.add_argument("--tokens", default="data/tokens", metavar="DIR",
+                    help="tokenized data for the training batches; random token ids when DIR holds none "
+                         "(default: data/tokens)")
+    be.add_argument("--threads", type=int, help="CPU threads, overriding hardware.threads (0 = every core)")
+    be.set_defaults(run=_bench)
+    gen = commands.add_parser(
+        "generate", help="continue a prompt as a story, streaming the text as it is made",
+        description="Continue PROMPT with a trained model and print the story as the tokens come. Each sample "
+                    "ends at <|endoftext|> or after --max-new-tokens tokens; sample i uses seed --seed + i.")
+    gen.add_argument("prompt", nargs="?", default="", metavar="PROMPT",
+                     help="the start of the story (default: empty, a story from scratch)")
+    gen.add_argument("--num-samples", type=int, default=1, metavar="N", help="stories to write (default: 1)")
+    _add_generation_args(gen)
+    gen.set_defaults(run=_generate)
+
+    chat = commands.add_parser(
+        "chat", help="interactive story assistant: type a beginning, the model continues it",
+        description="An interactive loop: type the start of a story and the model continues it, streaming. "
+                    "Commands: /temp X, /topk N|off, /topp X, /max N, /seed N, /settings, /help, /quit. "
+                    "Ctrl-C stops a story; Ctrl-D, /quit or Ctrl-C at the prompt leaves.")
+    _add_generation_args(chat)
+    chat.set_defaults(run=_chat)
+
+    ex = commands.add_parser(
+        "export", help="write a Hugging Face transformers folder (GPT-2 architecture) from a checkpoint",
+        description="Write DIR with config.json, model.safetensors and GPT-2 tokenizer files, offline, so that "
+                    "transformers' AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR) "
+                    "load the model. Replaces an earlier export in DIR; refuses a folder holding other files, "
+                    "and a model GPT-2 cannot express. Needs safetensors: pip install 'nanoslm[export]'.")
+    ex.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default: {DEFAULT_CHECKPOINT}")
+    ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    ex.set_defaults(run=_export)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""nanoslm bench: it runs, reports every number, and fails cleanly. Behaviour only: no timing assertions."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from nanoslm import bench, cli
+from nanoslm.config import load_params
+from nanoslm.sources import iter_txt_stories
+
+KEYS = ["device", "dtype", "preset", "train.tokens_per_sec", "train.peak_rss_gb", "reference.tokens_per_sec",
+        "reference.peak_rss_gb", "speedup_vs_reference", "peak_rss_gb", "mfu", "achieved_tflops", "peak_tflops",
+        "loss_diff", "numerics_ok", "tokenize.mb_per_sec", "tokenize.tokens_per_sec", "tokenize.peak_rss_gb",
+        "sample.tokens_per_sec", "sample.tokens_per_sec_no_cache"]
+NUMBERS = [k for k in KEYS if k not in ("device", "dtype", "preset", "numerics_ok", "loss_diff")]
+
+
+def lookup(result: dict, dotted: str):
+    for part in dotted.split("."):
+        result = result[part]
+    return result
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    """`nanoslm bench --json` on the tiny preset, 2 timed steps, 1 thread, random tokens, a 0.5 MB corpus."""
+    cwd = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanoslm.cli", "bench", "--params", str(REPO / "params-ci.yaml"), "--preset", "tiny",
+         "--steps", "2", "--threads", "1", "--tokenize-corpus-mb", "0.5", "--tokens", str(cwd / "none"), "--json"],
+        cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # stdout is exactly one JSON object; progress went to stderr
+
+
+def test_cli_json_has_every_key_with_positive_finite_numbers(result):
+    for key in KEYS:
+        lookup(result, key)
+    for key in NUMBERS:
+        value = lookup(result, key)
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+    assert result["preset"] == "tiny" and result["device"] == "cpu"
+    assert result["peak_rss_gb"] == result["train"]["peak_rss_gb"]
+    assert 0 < result["mfu"] and result["model"]["n_embd"] == 64  # the preset was applied
+    assert result["tokenize"]["corpus_mb"] >= 0.5
+
+
+def test_fast_path_loss_matches_the_reference_loop(result):
+    assert len(result["train"]["losses"]) == len(result["reference"]["losses"]) == 2 + bench.WARMUP_STEPS
+    assert 0 <= result["loss_diff"] <= bench.LOSS_TOLERANCE
+    assert result["numerics_ok"] is True
+    assert result["loss_diff"] == max(result["loss_diff_first"], result["loss_diff_last"])
+
+
+def test_table_names_every_phase(result):
+    table = bench.format_table(result)
+    for word in ("train", "reference", "speedup", "tokenize", "sample", "MFU", "GB"):
+        assert word in table
+
+
+@pytest.mark.parametrize("args, key", [(["--preset", "nope"], "--preset"), (["--only", "train,bogus"], "--only"),
+                                       (["--steps", "0"], "--steps")])
+def test_bad_arguments_are_one_line_errors(args, key, capsys, monkeypatch):
+    monkeypatch.delenv("NANOSLM_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--params", str(REPO / "params-ci.yaml"), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {key}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", sorted(bench.PRESETS))
+def test_presets_are_valid_models(name):
+    params = bench.apply_preset(load_params(REPO / "params.yaml"), name)
+    m = params.model
+    assert m.n_embd % m.n_head == 0 and m.block_size > 0
+    if name == "gpt2-30m":
+        from nanoslm.model import GPT
+
+        assert 25e6 < GPT(m).num_params() < 35e6
+
+
+def test_flops_per_token_formula():
+    m = bench.apply_preset(load_params(REPO / "params.yaml"), "tiny").model
+    n = 1000
+    assert bench.flops_per_token(m, n) == 6 * (n + 64 * 50257) + 12 * 2 * 64 * 64
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_write_corpus_reaches_the_size_in_hub_layout(tmp_path, seeded):
+    seed = None
+    if seeded:
+        seed = tmp_path / "seed.txt"
+        seed.write_text("A short story.\n<|endoftext|>\nAnother one,\non two lines.\n<|endoftext|>\n", encoding="utf-8")
+    path = tmp_path / "corpus.txt"
+    written = bench.write_corpus(path, 50_000, seed)
+    assert written == path.stat().st_size >= 50_000
+    stories = list(iter_txt_stories(path))
+    assert len(stories) > 10 and all(stories)
+    if seeded:
+        assert set(stories) == {"A short story.", "Another one,\non two lines."}
