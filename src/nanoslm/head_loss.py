@@ -21,12 +21,11 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         for start in range(0, hidden.size(0), CHUNK_ROWS):
             h = hidden[start : start + CHUNK_ROWS]
             t = targets[start : start + CHUNK_ROWS]
-            logits = (h @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            logp = torch.log_softmax(h @ weight.t(), dim=-1, dtype=torch.float32)  # one fused pass
+            total -= logp.gather(1, t[:, None]).sum()
             if needs_grad:
                 # d(sum nll)/d logits = softmax - one_hot(target)
-                probs = torch.exp_(logits.sub_(lse[:, None]))
+                probs = logp.exp_()
                 probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
                 probs = probs.to(hidden.dtype)
                 grad_hidden[start : start + CHUNK_ROWS] = probs @ weight
