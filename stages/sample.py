@@ -2,7 +2,7 @@
 
 import sys
 
-from nanoslm import hardware
+from nanoslm import checkpoint, hardware
 from nanoslm.config import load_params
 from nanoslm.errors import exit_on_user_error
 from nanoslm.generate import write_samples
@@ -11,5 +11,6 @@ if __name__ == "__main__":
     with exit_on_user_error():
         checkpoint_path, out_path = sys.argv[1:]
         params = load_params()
+        checkpoint.require_config(checkpoint_path, params.model)
         for s in write_samples(checkpoint_path, params.sample, hardware.setup(params.hardware), out_path):
             print(f"{s['prompt']}{s['text']}\n")

@@ -102,9 +102,9 @@ def test_same_seed_gives_byte_identical_results(tmp_path, tokens, reference):
 
 def test_sigkill_twice_then_resume_matches_uninterrupted_run(tmp_path, tokens, reference):
     cwd = workdir(tmp_path, "killed")
-    first = run_stage(cwd, tokens, fault="kill@17")  # mid log window, 7 steps after the checkpoint at 10
+    first = run_stage(cwd, tokens, fault="kill@step:17")  # mid log window, 7 steps after the checkpoint at 10
     assert first.returncode == -signal.SIGKILL
-    second = run_stage(cwd, tokens, fault="kill@33")
+    second = run_stage(cwd, tokens, fault="kill@step:33")
     assert second.returncode == -signal.SIGKILL
     assert "resuming from models/last.pt at step 10 of 40" in second.stderr
     third = run_stage(cwd, tokens)
@@ -115,7 +115,7 @@ def test_sigkill_twice_then_resume_matches_uninterrupted_run(tmp_path, tokens, r
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path, tokens, reference):
     cwd = workdir(tmp_path, "interrupted")
-    first = run_stage(cwd, tokens, fault="interrupt@12")
+    first = run_stage(cwd, tokens, fault="interrupt@step:12")
     assert first.returncode == 130, first.stderr
     assert "interrupted at step 13; checkpoint saved" in first.stderr
     assert torch.load(cwd / "models/last.pt", weights_only=True)["step"] == 13
@@ -127,7 +127,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path, tokens, referenc
 
 def test_changed_params_start_fresh_with_a_message(tmp_path, tokens):
     cwd = workdir(tmp_path, "changed")
-    assert run_stage(cwd, tokens, fault="kill@17").returncode == -signal.SIGKILL
+    assert run_stage(cwd, tokens, fault="kill@step:17").returncode == -signal.SIGKILL
     params = yaml.safe_load((cwd / "params.yaml").read_text())
     params["model"]["n_layer"] = 1
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
@@ -147,7 +147,7 @@ def test_a_finished_run_is_not_resumed(tmp_path, tokens):
 
 def test_a_truncated_checkpoint_is_refused(tmp_path, tokens):
     cwd = workdir(tmp_path, "truncated")
-    assert run_stage(cwd, tokens, fault="kill@17").returncode == -signal.SIGKILL
+    assert run_stage(cwd, tokens, fault="kill@step:17").returncode == -signal.SIGKILL
     last = cwd / "models/last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     result = run_stage(cwd, tokens)

@@ -36,8 +36,8 @@ def save(path, model: torch.nn.Module, **meta) -> None:
         "model": model.state_dict(),
         **meta,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # through a file object, so a full disk surfaces as OSError(ENOSPC)
 
 
 def load(path, map_location="cpu") -> dict:
@@ -60,6 +60,19 @@ def load(path, map_location="cpu") -> dict:
         raise UserError(f"{path}: checkpoint format {state['format_version']} is not the supported format "
                         f"{FORMAT_VERSION}; retrain with this version: dvc repro --force train")
     return state
+
+
+def require_config(path, expected: GPTConfig) -> None:
+    """Refuse a checkpoint whose model config differs from params.yaml's `model` section."""
+    try:  # mmap: reads the small config, not the weights
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model_config"]
+    except Exception:  # noqa: BLE001 - load() below names the problem in one line
+        load(path)
+        raise UserError(f"{path}: not a Nano-SLM checkpoint") from None
+    diffs = [f"model.{k}={saved.get(k)} but params.yaml has {v}"
+             for k, v in dataclasses.asdict(expected).items() if saved.get(k) != v]
+    if diffs:
+        raise UserError(f"{path}: trained with {'; '.join(diffs[:3])}; retrain: dvc repro train")
 
 
 def load_model(path, device="cpu") -> tuple[GPT, dict]:

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import bins, checkpoint, distributed, hardware
+from . import bins, checkpoint, distributed, faults, hardware
 from .config import Params, TrainConfig
 from .errors import UserError
 from .model import GPT
 from .plotting import plot_loss
 
-FAULT_ENV = "NANOSLM_FAULT"  # for tests: "kill@N" / "interrupt@N" sends SIGKILL / SIGINT to itself before step N+1
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -151,6 +150,14 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
     train_data = bins.load_split(tokens_dir, "train")
     val_data = bins.load_split(tokens_dir, "validation")
     check_data(train_data, val_data, cfg.block_size)
+    if meta["tokenizer"] != params.tokenizer.name:
+        raise UserError(f"{tokens_dir}/meta.json: tokens are from tokenizer {meta['tokenizer']!r} but tokenizer.name "
+                        f"is {params.tokenizer.name!r}; rerun: dvc repro tokenize")
+    windows_available = len(val_data) - cfg.block_size
+    if tc.eval_iters * tc.batch_size > windows_available:
+        raise UserError(f"train.eval_iters x train.batch_size = {tc.eval_iters * tc.batch_size} validation windows, "
+                        f"but the validation split has only {windows_available} distinct windows of "
+                        f"model.block_size tokens; lower train.eval_iters or use more validation stories")
     if meta["vocab_size"] > cfg.vocab_size:
         raise UserError(f"{tokens_dir}/meta.json: tokenizer has {meta['vocab_size']} ids but model.vocab_size is "
                         f"{cfg.vocab_size}; set model.vocab_size to at least {meta['vocab_size']}")
@@ -175,7 +182,7 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
     resumed = _resume(last_path, fp, model, optimizer, scaler, sampler, progress, window_loss, ranks, hw, tc,
                       print_main)
 
-    forward = _maybe_compile(model, params.hardware.compile)
+    forward = maybe_compile(model, params.hardware.compile)
     evaluator = forward
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
@@ -206,7 +213,6 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
                f"outside the embeddings) on {hw.device} x{ranks.world_size} in {str(hw.dtype).removeprefix('torch.')}, "
                f"{tokens_per_step} tokens per step")
     stop = _StopRequest()
-    fault_action, fault_step = _fault()
     live = _live(live_dir, progress) if ranks.is_main else None
     bar = tqdm(total=tc.max_iters, initial=progress.step, desc="train", unit="step", file=sys.stderr,
                disable=not ranks.is_main)
@@ -216,6 +222,7 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
         while True:
             step = progress.step
             if step != resumed:  # at the resumed step this was done before the checkpoint was written
+                paused = time.perf_counter()
                 if ranks.is_main and (step % tc.eval_interval == 0 or step == tc.max_iters):
                     val = validation_loss()
                     progress.val_points.append((step, val))
@@ -226,7 +233,7 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
                     bar.set_postfix(val=f"{val:.3f}", refresh=False)
                 if step > 0 and (step % tc.checkpoint_interval == 0 or step == tc.max_iters):
                     save_last()
-                window_start = time.perf_counter()  # evaluating and saving is not training throughput
+                window_start += time.perf_counter() - paused  # evaluating and saving is not training throughput
             if step == tc.max_iters:
                 break
             if distributed.any_rank(stop.requested, ranks, hw.device):
@@ -234,8 +241,7 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
                     save_last()
                 interrupted = True
                 break
-            if step == fault_step:
-                os.kill(os.getpid(), getattr(signal, fault_action))
+            faults.trip(f"step:{step}")
 
             offsets = random_offsets(sampler, train_data, tc.grad_accum_steps * tc.batch_size, cfg.block_size)
             mine = offsets.reshape(tc.grad_accum_steps, tc.batch_size)[ranks.rank * per_rank:][:per_rank]
@@ -379,15 +385,6 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _fault():
-    """(signal name, step) from NANOSLM_FAULT, e.g. 'kill@17' -> ('SIGKILL', 17); (None, -1) when unset."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None, -1
-    action, _, step = spec.partition("@")
-    return {"kill": "SIGKILL", "interrupt": "SIGINT"}[action], int(step)
-
-
 def _printer(ranks):
     def say(message: str) -> None:
         if ranks.is_main:
@@ -395,7 +392,7 @@ def _printer(ranks):
     return say
 
 
-def _maybe_compile(model: GPT, enabled: bool):
+def maybe_compile(model: GPT, enabled: bool):
     """torch.compile'd forward when asked and it works here; otherwise the eager model, with a warning."""
     if not enabled:
         return model
@@ -406,5 +403,5 @@ def _maybe_compile(model: GPT, enabled: bool):
             compiled(idx, idx)
         return compiled
     except Exception as err:  # compile needs a C++ toolchain and more; training must not depend on it
-        warnings.warn(f"torch.compile failed, training without it: {str(err).splitlines()[0][:200]}")
+        warnings.warn(f"torch.compile failed, running without it: {str(err).splitlines()[0][:200]}")
         return model
