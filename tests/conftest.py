@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from nanoslm.config import load_params
 from nanoslm.sources import SEPARATOR
@@ -36,6 +37,15 @@ def write_txt(path: Path, stories: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{s}\n{SEPARATOR}\n" for s in stories), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -20,15 +20,6 @@ ENC = get_encoding("gpt2")
 HW_ARGS = ["--device", "cpu", "--dtype", "float32", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)

@@ -19,15 +19,6 @@ PROMPT = [7454, 2402, 257, 640]  # "Once upon a time"
 PROMPTS = [PROMPT, [11], list(range(1000, 1000 + 2 * CFG.block_size + 3)), [], list(range(500, 500 + CFG.block_size))]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(cfg=CFG, seed=0, scale=1.0):
     """A random model; scale > 1 makes its predictions far from uniform (untrained ones are nearly uniform)."""
     torch.manual_seed(seed)

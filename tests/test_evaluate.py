@@ -18,15 +18,6 @@ CPU = Hardware(torch.device("cpu"), torch.float32)
 KEYS = {"val_loss", "perplexity", "bits_per_byte", "tokens", "bytes", "step"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(seed=0):
     torch.manual_seed(seed)
     return GPT(CFG).eval()

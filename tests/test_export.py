@@ -26,15 +26,6 @@ ENC = get_encoding("gpt2")
 VARIANTS = {"no-bias-padded": dict(bias=False, vocab_size=50304), "bias": dict(bias=True, vocab_size=50257)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(bias, vocab_size):
     """A small model with weights far from the init (an untrained model predicts nearly uniformly, which would
     hide mistakes): every parameter, biases and LayerNorm gains included, is random."""

@@ -14,15 +14,6 @@ CPU = Hardware(torch.device("cpu"), torch.float32)
 ENC = get_encoding("gpt2")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(seed=0):
     torch.manual_seed(seed)
     return GPT(CFG).eval()

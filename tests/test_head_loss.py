@@ -9,15 +9,6 @@ V, C = 37, 8  # a small vocabulary keeps the reference logits tiny
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     """3 rows per chunk: the 10- and 14-row inputs below take several chunks, the last one partial."""
     monkeypatch.setattr(head_loss_module, "CHUNK_ROWS", 3)

@@ -10,15 +10,6 @@ from nanoslm.model import GPT
 CFG = GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(cfg=CFG, seed=0):
     torch.manual_seed(seed)
     return GPT(cfg).eval()

@@ -16,15 +16,6 @@ from conftest import REPO, make_stories, replace, write_txt
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops run far faster than on two threads that share 2 busy cores; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tc(tiny_params):
     return replace(tiny_params, "train", lr=1e-3, min_lr=1e-4, warmup_iters=4, lr_decay_iters=20).train

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 import typing
-import warnings
 from pathlib import Path
 
 from .config import GPT2_VOCAB, Params
@@ -415,13 +414,13 @@ def phase_train(spec: dict) -> dict:
     """The train stage's fast path on the same weights and batches, plus the device's measured peak FLOP/s."""
     import torch
 
-    from .trainer import lr_at, optimizer_step, windows
+    from .trainer import lr_at, maybe_compile, optimizer_step, windows
 
     params, hw, model, data, offsets = _train_setup(spec, fast=True)
     tc, cfg = params.train, params.model
     optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), hw.device_type)
     scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
-    forward = _maybe_compile(model, params.hardware.compile)
+    forward = maybe_compile(model, params.hardware.compile)
 
     def step_fn(step):
         micro_batches = (windows(data, o, cfg.block_size, hw.device) for o in offsets[step])
@@ -435,23 +434,6 @@ def phase_train(spec: dict) -> dict:
     result.update(peak_tflops=peak / 1e12, peak_matmul=f"{size}x{size}x{size} {_dtype_name(hw.dtype)}",
                   mfu=result["achieved_tflops"] * 1e12 / peak)
     return result
-
-
-def _maybe_compile(model, enabled: bool):
-    """torch.compile'd model when asked and it works here (as the train stage does), else the eager one."""
-    if not enabled:
-        return model
-    import torch
-
-    try:
-        compiled = torch.compile(model)
-        with torch.no_grad():
-            idx = torch.zeros((1, 8), dtype=torch.long, device=next(model.parameters()).device)
-            compiled(idx, idx)
-        return compiled
-    except Exception as err:  # noqa: BLE001 - compile needs a C++ toolchain and more
-        warnings.warn(f"torch.compile failed, benchmarking without it: {str(err).splitlines()[0][:200]}")
-        return model
 
 
 def peak_matmul_flops(hw, reps: int = 5) -> tuple[float, int]:
