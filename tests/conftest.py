@@ -1,11 +1,16 @@
-"""Fixtures shared by the tests: a small generated story corpus and tiny params."""
+"""Fixtures shared by the tests: a small generated story corpus, tiny params, a throwaway DVC project."""
 
 import dataclasses
+import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from nanoslm.config import load_params
 from nanoslm.sources import SEPARATOR
@@ -80,3 +85,31 @@ def tokens_dir(tmp_path, corpus_dir, tiny_params) -> Path:
     out = tmp_path / "tokens"
     tokenize(raw, out, tiny_params.tokenizer, threads=1)
     return out
+
+
+def dvc_project(root: Path, train: dict, sample_tokens: int) -> tuple[Path, dict]:
+    """root/repo: the project as a fresh clone holds it (tracked files and new files git does not ignore), with
+    params-ci.yaml as params.yaml on a generated corpus, `train` overrides, threads 1, committed to a new git
+    repo; and the environment to run git/dvc there (venv first on PATH, so stages use this Python)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    repo = root / "repo"
+    for rel in listed:
+        if (REPO / rel).is_file() and rel.split("/")[0] not in ("metrics", "plots", "samples", "dvclive"):
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, repo / rel)
+    corpus = root / "corpus"
+    write_txt(corpus / "train.txt", make_stories(300, seed=1))
+    write_txt(corpus / "validation.txt", make_stories(30, seed=2))
+    params = yaml.safe_load((REPO / "params-ci.yaml").read_text())
+    params["data"].update(source=str(corpus), max_train_stories=None, max_val_stories=None)
+    params["train"].update(train)
+    params["sample"].update(max_new_tokens=sample_tokens)
+    params["hardware"].update(threads=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)  # dvc exp and dvclive want a commit
+    return repo, env

@@ -2,9 +2,6 @@
 
 import errno
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, make_stories, replace, write_txt
+from conftest import REPO, dvc_project, replace, write_txt
 from nanoslm import atomic, bins, checkpoint
 from nanoslm.errors import UserError
 from nanoslm.model import GPT
@@ -87,25 +84,8 @@ def replace_model(**values):
 
 
 def test_sigkill_in_each_stage_then_dvc_repro_completes(tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "data", "models", "dvclive", "metrics", "plots", "samples", "dvc.lock", "dvc_plots",
-        "__pycache__", ".pytest_cache", "*.egg-info", "cache", "tmp"))
-    corpus = tmp_path / "corpus"
-    write_txt(corpus / "train.txt", make_stories(200, seed=1))
-    write_txt(corpus / "validation.txt", make_stories(20, seed=2))
-    params = yaml.safe_load((REPO / "params-ci.yaml").read_text())
-    params["data"].update(source=str(corpus), max_train_stories=None, max_val_stories=None)
-    params["train"].update(max_iters=4, warmup_iters=1, lr_decay_iters=4, eval_interval=2, log_interval=2,
-                           checkpoint_interval=2)
-    params["sample"].update(max_new_tokens=4)
-    params["hardware"].update(threads=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
-        subprocess.run(cmd, cwd=repo, env=env, check=True)  # dvclive wants a commit
+    repo, env = dvc_project(tmp_path, dict(max_iters=4, warmup_iters=1, lr_decay_iters=4, eval_interval=2,
+                                           log_interval=2, checkpoint_interval=2), sample_tokens=4)
 
     def repro(fault=None):
         run_env = dict(env, NANOSLM_FAULT=fault) if fault else env

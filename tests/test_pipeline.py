@@ -2,29 +2,18 @@
 
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, make_stories, write_txt
+from conftest import dvc_project
 
 
 def run(cmd, cwd, env):
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
-
-
-def project_files():
-    """What a fresh clone would hold: tracked files plus new files git does not ignore."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
-    return [p for p in out.splitlines() if (REPO / p).is_file()]
 
 
 def collect(node, found):
@@ -45,31 +34,8 @@ def collect(node, found):
 
 @pytest.fixture
 def project(tmp_path):
-    repo = tmp_path / "repo"
-    for rel in project_files():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, repo / rel)
-    for leftover in ("dvc.lock", "metrics", "plots", "samples", "dvclive"):
-        path = repo / leftover
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-
-    corpus = tmp_path / "corpus"
-    write_txt(corpus / "train.txt", make_stories(300, seed=1))
-    write_txt(corpus / "validation.txt", make_stories(30, seed=2))
-    params = yaml.safe_load((REPO / "params-ci.yaml").read_text())
-    params["data"].update(source=str(corpus), max_train_stories=None, max_val_stories=None)
-    params["train"].update(max_iters=10, lr_decay_iters=10, eval_interval=5, log_interval=5)
-    params["sample"].update(max_new_tokens=8)
-    params["hardware"].update(threads=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    run(["git", "init", "-q", "-b", "main"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "project"], repo, env)
-    return repo, env
+    return dvc_project(tmp_path, dict(max_iters=10, lr_decay_iters=10, eval_interval=5, log_interval=5),
+                       sample_tokens=8)
 
 
 def test_repro_then_experiment(project):
