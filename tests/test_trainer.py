@@ -9,7 +9,8 @@ import torch
 from nanoslm import checkpoint
 from nanoslm.config import load_params
 from nanoslm.errors import UserError
-from nanoslm.trainer import check_data, lr_at, train, windows
+from nanoslm.batches import windows
+from nanoslm.trainer import check_data, lr_at, train
 
 from conftest import REPO, make_stories, replace, write_txt
 
@@ -157,7 +158,7 @@ def test_best_checkpoint_reproduces_its_val_loss(runs):
     """best.pt's model, scored on the trainer's fixed validation windows, gives the val_loss it was saved with."""
     params, [(out, _), _] = runs
     from nanoslm import bins
-    from nanoslm.trainer import random_offsets
+    from nanoslm.batches import random_offsets
 
     model, state = checkpoint.load_model(out / "models" / "best.pt")
     tc, T = params.train, params.model.block_size

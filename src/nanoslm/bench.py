@@ -307,7 +307,7 @@ def _train_setup(spec: dict, fast: bool):
 
     from . import bins, hardware
     from .model import GPT
-    from .trainer import random_offsets
+    from .batches import random_offsets
 
     params = _params_from_dict(spec["params"])
     tc, cfg = params.train, params.model
@@ -379,7 +379,8 @@ def phase_reference(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from .trainer import lr_at, windows
+    from .batches import windows
+    from .trainer import lr_at
 
     params, hw, model, data, offsets = _train_setup(spec, fast=False)
     tc, cfg = params.train, params.model
@@ -414,7 +415,8 @@ def phase_train(spec: dict) -> dict:
     """The train stage's fast path on the same weights and batches, plus the device's measured peak FLOP/s."""
     import torch
 
-    from .trainer import lr_at, maybe_compile, optimizer_step, windows
+    from .batches import windows
+    from .trainer import lr_at, maybe_compile, optimizer_step
 
     params, hw, model, data, offsets = _train_setup(spec, fast=True)
     tc, cfg = params.train, params.model

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from . import bins, checkpoint, hardware
+from .batches import windows
 from .errors import UserError
 from .model import GPT
 from .tokenizer import get_encoding
@@ -35,9 +36,9 @@ def split_nll(model: GPT, tokens: np.ndarray, batch_size: int, hw: hardware.Hard
                                                file=sys.stderr) as bar:
         for i in range(0, len(full), batch_size):
             offsets = full[i : i + batch_size]
-            rows = torch.from_numpy(tokens[offsets[:, None] + np.arange(T + 1)].astype(np.int64)).to(hw.device)
-            total += model(rows[:, :-1], rows[:, 1:], reduction="sum").item()
-            bar.update(rows[:, 1:].numel())
+            x, y = windows(tokens, offsets, T, hw.device)
+            total += model(x, y, reduction="sum").item()
+            bar.update(y.numel())
         for start in tail:  # the last, shorter window
             row = torch.from_numpy(tokens[start:].astype(np.int64))[None].to(hw.device)
             total += model(row[:, :-1], row[:, 1:], reduction="sum").item()

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from . import bins, checkpoint, distributed, faults, hardware
+from .batches import random_offsets, windows
 from .config import Params, TrainConfig
 from .errors import UserError
 from .model import GPT
@@ -40,20 +41,6 @@ def lr_at(step: int, tc: TrainConfig) -> float:
         return tc.min_lr
     progress = (step - tc.warmup_iters) / max(1, tc.lr_decay_iters - tc.warmup_iters)
     return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.lr - tc.min_lr)
-
-
-def windows(data: np.ndarray, offsets: np.ndarray, block_size: int, device: torch.device):
-    """Inputs and next-token targets for windows of block_size tokens starting at `offsets`."""
-    rows = torch.from_numpy(data[offsets[:, None] + np.arange(block_size + 1)].astype(np.int64))
-    if device.type == "cuda":
-        rows = rows.pin_memory().to(device, non_blocking=True)
-    else:
-        rows = rows.to(device)
-    return rows[:, :-1], rows[:, 1:]
-
-
-def random_offsets(rng: np.random.Generator, data: np.ndarray, count: int, block_size: int) -> np.ndarray:
-    return rng.integers(0, len(data) - block_size, size=count)
 
 
 def check_data(train_data, val_data, block_size: int) -> None:
