@@ -34,6 +34,13 @@ def test_text_stream_never_prints_half_a_character():
     assert stream.flush() == ""
 
 
+def test_text_stream_is_the_whole_decode_even_for_invalid_byte_sequences():
+    tokens = torch.randint(0, ENC.n_vocab - 1, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert "\ufffd" in ENC.decode(tokens)  # random tokens do produce invalid UTF-8
+    stream = TextStream(ENC)
+    assert "".join(stream.push(t) for t in tokens) + stream.flush() == ENC.decode(tokens)
+
+
 def test_text_stream_flushes_an_invalid_ending():
     stream = TextStream(ENC)
     (first,) = ENC.encode_ordinary("🎉")[:1]  # the first bytes of a 4-byte character, never completed

@@ -1,5 +1,6 @@
 """Text in, stories out: the sample stage's Markdown file and the CLI's streamed stories, on nanoslm.engine."""
 
+import codecs
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -57,25 +58,21 @@ def write_samples(checkpoint_path, cfg: SampleConfig, hw: hardware.Hardware, out
 class TextStream:
     """Turns tokens into text as they come, printing each character once and only when it is whole.
 
-    A character's UTF-8 bytes can be split across tokens; decoded alone, a partial one reads as U+FFFD. So
-    this decodes all tokens so far and holds back a trailing U+FFFD until the next token completes it.
+    A character's UTF-8 bytes can be split across tokens, so the bytes go through an incremental UTF-8 decoder
+    that holds an incomplete character back until the next token completes it (linear in the text's length,
+    where decoding everything so far at each token would be quadratic).
     """
 
     def __init__(self, enc: tiktoken.Encoding):
-        self.enc, self.tokens, self.done = enc, [], 0
+        self.enc, self.utf8 = enc, codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token: int) -> str:
         """The text that `token` completes (maybe '')."""
-        self.tokens.append(token)
-        text = self.enc.decode(self.tokens).rstrip("\ufffd")
-        new, self.done = text[self.done :], max(self.done, len(text))
-        return new
+        return self.utf8.decode(self.enc.decode_single_token_bytes(token))
 
     def flush(self) -> str:
-        """Whatever is held back (a genuinely invalid byte sequence at the end stays U+FFFD)."""
-        text = self.enc.decode(self.tokens)
-        new, self.done = text[self.done :], len(text)
-        return new
+        """Whatever is held back (a genuinely incomplete character at the end reads as U+FFFD)."""
+        return self.utf8.decode(b"", final=True)
 
 
 def stream_text(engine: Engine, enc: tiktoken.Encoding, prompt: str, sampling: Sampling,
