@@ -44,7 +44,6 @@ DEFAULT_STEPS = 10
 WARMUP_STEPS = 2  # untimed steps before the timed ones (allocator, caches, torch.compile)
 LOSS_TOLERANCE = 1e-2  # nats: fast path vs reference loop at the same step
 SAMPLE_NEW_TOKENS = 256
-SHARED_SAMPLE_MB = 7.6  # ../shared/data/tinystories/train-sample.txt
 DEFAULT_CORPUS_MB = 80.0  # over 10x the shared sample: tokenize's memory must not grow with the corpus
 GB = 1e9
 

@@ -60,11 +60,6 @@ def shutdown(ranks: Ranks) -> None:
         dist.destroy_process_group()
 
 
-def barrier(ranks: Ranks) -> None:
-    if ranks.enabled:
-        dist.barrier()
-
-
 def mean(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """Average a scalar tensor over ranks."""
     if ranks.enabled:

@@ -32,7 +32,6 @@ from .model import GPT
 from .plotting import plot_loss
 
 
-
 def lr_at(step: int, tc: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, cosine decay, then flat at min_lr."""
     if step < tc.warmup_iters:
@@ -208,7 +207,8 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
         window_start = time.perf_counter()
         while True:
             step = progress.step
-            if step != resumed:  # at the resumed step this was done before the checkpoint was written
+            saved = step == resumed  # at the resumed step, evaluating and saving were done before the checkpoint
+            if not saved:
                 paused = time.perf_counter()
                 if ranks.is_main and (step % tc.eval_interval == 0 or step == tc.max_iters):
                     val = validation_loss()
@@ -220,11 +220,12 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
                     bar.set_postfix(val=f"{val:.3f}", refresh=False)
                 if step > 0 and (step % tc.checkpoint_interval == 0 or step == tc.max_iters):
                     save_last()
+                    saved = True
                 window_start += time.perf_counter() - paused  # evaluating and saving is not training throughput
             if step == tc.max_iters:
                 break
             if distributed.any_rank(stop.requested, ranks, hw.device):
-                if step != resumed and not (step % tc.checkpoint_interval == 0 and step > 0):
+                if not saved:
                     save_last()
                 interrupted = True
                 break
