@@ -94,7 +94,7 @@ def test_scaled_init_of_residual_projections():
 def test_optimizer_groups():
     cfg = GPTConfig(block_size=16, vocab_size=50257, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=True)
     model = make(cfg)
-    opt = model.optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu")
+    opt = model.optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])

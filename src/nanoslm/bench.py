@@ -383,10 +383,7 @@ def phase_reference(spec: dict) -> dict:
 
     params, hw, model, data, offsets = _train_setup(spec, fast=False)
     tc, cfg = params.train, params.model
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(tc.beta1, tc.beta2))
+    optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2))  # torch's default AdamW kernel
 
     def step_fn(step):
         for group in optimizer.param_groups:
@@ -419,7 +416,7 @@ def phase_train(spec: dict) -> dict:
 
     params, hw, model, data, offsets = _train_setup(spec, fast=True)
     tc, cfg = params.train, params.model
-    optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), hw.device_type)
+    optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=hw.device_type == "cuda")
     scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
     forward = maybe_compile(model, params.hardware.compile)
 

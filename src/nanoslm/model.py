@@ -131,8 +131,8 @@ class GPT(nn.Module):
             return self.lm_head(x[:, -1, :]).float()
         return head_loss(x, self.lm_head.weight, targets, reduction)
 
-    def optimizer(self, lr, weight_decay, betas, device_type):
-        """AdamW; matrices decay, biases, norms and embeddings' 1-d params do not."""
+    def optimizer(self, lr, weight_decay, betas, fused=None):
+        """AdamW; matrices decay, biases, norms and 1-d params do not. fused: AdamW's (None = torch's default)."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -140,4 +140,4 @@ class GPT(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)

@@ -154,7 +154,7 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
                             f"{meta['vocab_size']} ids, so the file is damaged; rerun: dvc repro --force tokenize")
 
     model = GPT(cfg).to(hw.device)
-    optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), hw.device_type)
+    optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=hw.device_type == "cuda")
     scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
     sampler = np.random.default_rng(tc.seed)  # one global sampler, identical on every rank
     progress = Progress()
