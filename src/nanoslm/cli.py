@@ -16,6 +16,11 @@ from .errors import exit_on_user_error
 DEFAULT_CHECKPOINT = "models/best.pt"  # where the pipeline's train stage keeps its best model
 
 
+def _add_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help=f"a checkpoint from the train stage (default: {DEFAULT_CHECKPOINT})")
+
+
 def _add_hardware_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
@@ -67,17 +72,21 @@ def _top_k(text: str):
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, the sampling settings, --seed and the hardware flags of generate and chat."""
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                        help=f"a checkpoint from the train stage (default: {DEFAULT_CHECKPOINT})")
-    parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
-                        help="at most N new tokens per story; it also ends at <|endoftext|> (default: 200)")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="randomness: lower is safer, 0 = always the most likely token (default: 0.8)")
-    parser.add_argument("--top-k", type=_top_k, default=200, metavar="K",
-                        help="sample among the K most likely tokens; off = all (default: 200)")
-    parser.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                        help="nucleus sampling: among the fewest most likely tokens holding probability P; "
-                             "1 = off (default: 1.0)")
+    from .engine import Sampling
+
+    default = Sampling()
+    _add_checkpoint_arg(parser)
+    parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens, metavar="N",
+                        help=f"at most N new tokens per story; it also ends at <|endoftext|> "
+                             f"(default: {default.max_new_tokens})")
+    parser.add_argument("--temperature", type=float, default=default.temperature,
+                        help=f"randomness: lower is safer, 0 = always the most likely token "
+                             f"(default: {default.temperature})")
+    parser.add_argument("--top-k", type=_top_k, default=default.top_k, metavar="K",
+                        help=f"sample among the K most likely tokens; off = all (default: {default.top_k})")
+    parser.add_argument("--top-p", type=float, default=default.top_p, metavar="P",
+                        help=f"nucleus sampling: among the fewest most likely tokens holding probability P; "
+                             f"1 = off (default: {default.top_p})")
     parser.add_argument("--seed", type=int, help="random seed, for a repeatable story (default: a random one)")
     _add_hardware_args(parser)
 
@@ -144,6 +153,8 @@ def _export(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import bench  # its defaults; the module imports no torch
+
     parser = _Parser(prog="nanoslm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -151,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="validation loss, perplexity and bits per byte of a checkpoint on a text file",
         description="Score every token of FILE (TinyStories' .txt layout: stories separated by lines holding "
                     "exactly <|endoftext|>) once, as the pipeline's evaluate stage does; print JSON.")
-    ev.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default: {DEFAULT_CHECKPOINT}")
+    _add_checkpoint_arg(ev)
     ev.add_argument("--data", required=True, metavar="FILE", help="text file in the hub's .txt layout")
     ev.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: 16)")
     _add_hardware_args(ev)
@@ -166,14 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "stderr.")
     be.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     be.add_argument("--preset", default="default",
-                    help="named overrides of the model/train sections: default (the params as they are), tiny, "
-                         "gpt2-30m (default: default)")
-    be.add_argument("--steps", type=int, default=10, help="timed training steps, after 2 warm-up steps (default: 10)")
-    be.add_argument("--only", default="train,tokenize,sample",
-                    help="comma-separated phases among train, tokenize, sample (default: all)")
+                    help=f"named overrides of the model/train sections: default (the params as they are), "
+                         f"{', '.join(p for p in bench.PRESETS if p != 'default')} (default: default)")
+    be.add_argument("--steps", type=int, default=bench.DEFAULT_STEPS,
+                    help=f"timed training steps, after {bench.WARMUP_STEPS} warm-up steps "
+                         f"(default: {bench.DEFAULT_STEPS})")
+    be.add_argument("--only", default=",".join(bench.PHASES),
+                    help=f"comma-separated phases among {', '.join(bench.PHASES)} (default: all)")
     be.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    be.add_argument("--tokenize-corpus-mb", type=float, default=80.0, metavar="MB",
-                    help="size of the generated tokenize corpus (default: 80, over 10x the shared sample)")
+    be.add_argument("--tokenize-corpus-mb", type=float, default=bench.DEFAULT_CORPUS_MB, metavar="MB",
+                    help=f"size of the generated tokenize corpus (default: {bench.DEFAULT_CORPUS_MB:g}, over 10x "
+                         f"the shared sample)")
     be.add_argument("--corpus", metavar="FILE", help="a .txt file in the hub's layout whose stories seed the "
                                                      "tokenize corpus (default: generated TinyStories-like text)")
     be.add_argument("--tokens", default="data/tokens", metavar="DIR",
@@ -205,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "transformers' AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR) "
                     "load the model. Replaces an earlier export in DIR; refuses a folder holding other files, "
                     "and a model GPT-2 cannot express. Needs safetensors: pip install 'nanoslm[export]'.")
-    ex.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default: {DEFAULT_CHECKPOINT}")
+    _add_checkpoint_arg(ex)
     ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
     ex.set_defaults(run=_export)
     return parser
