@@ -477,7 +477,8 @@ def generate_tokens(model, prompt: list[int], max_new_tokens: int, sample_cfg, h
 
     from .engine import Engine, Sampling
 
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=sample_cfg.temperature, top_k=sample_cfg.top_k)
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=sample_cfg.temperature, top_k=sample_cfg.top_k,
+                        top_p=sample_cfg.top_p)
     generator = torch.Generator().manual_seed(sample_cfg.seed)
     (new,) = Engine(model, hw, eot=-1).generate([prompt], sampling, [generator], use_cache=use_cache)
     return len(new)
