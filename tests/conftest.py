@@ -1,6 +1,5 @@
 """Fixtures shared by the tests: a small generated story corpus, tiny params, a throwaway DVC project."""
 
-import dataclasses
 import os
 import random
 import shutil
@@ -64,13 +63,8 @@ def corpus_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_params():
-    """params-ci.yaml as typed Params; override with tiny_params.replace(section, **values)."""
+    """params-ci.yaml as typed Params; override with tiny_params.updated(section, **values)."""
     return load_params(REPO / "params-ci.yaml")
-
-
-def replace(params, section: str, **values):
-    """A copy of `params` with some values of one section changed."""
-    return dataclasses.replace(params, **{section: dataclasses.replace(getattr(params, section), **values)})
 
 
 @pytest.fixture
@@ -80,7 +74,7 @@ def tokens_dir(tmp_path, corpus_dir, tiny_params) -> Path:
     from nanoslm.sources import download
 
     raw = tmp_path / "raw"
-    download(replace(tiny_params, "data", source=str(corpus_dir), max_train_stories=None,
+    download(tiny_params.updated("data", source=str(corpus_dir), max_train_stories=None,
                      max_val_stories=None).data, raw)
     out = tmp_path / "tokens"
     tokenize(raw, out, tiny_params.tokenizer, threads=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, dvc_project, replace, write_txt
+from conftest import REPO, dvc_project, write_txt
 from nanoslm import atomic, bins, checkpoint
 from nanoslm.errors import UserError
 from nanoslm.model import GPT
@@ -77,7 +77,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, monkeypatch):
 def replace_model(**values):
     from nanoslm.config import load_params
 
-    return replace(load_params(REPO / "params-ci.yaml"), "model", **values).model
+    return load_params(REPO / "params-ci.yaml").updated("model", **values).model
 
 
 # --- killed stages leave nothing a later `dvc repro` would accept -----------------------------------------

@@ -12,14 +12,14 @@ from nanoslm.errors import UserError
 from nanoslm.batches import windows
 from nanoslm.trainer import check_data, lr_at, train
 
-from conftest import REPO, make_stories, replace, write_txt
+from conftest import REPO, make_stories, write_txt
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
 def tc(tiny_params):
-    return replace(tiny_params, "train", lr=1e-3, min_lr=1e-4, warmup_iters=4, lr_decay_iters=20).train
+    return tiny_params.updated("train", lr=1e-3, min_lr=1e-4, warmup_iters=4, lr_decay_iters=20).train
 
 
 def test_lr_warmup_rises_linearly_to_lr(tc):
@@ -44,7 +44,7 @@ def test_lr_cosine_decay(tc):
 
 
 def test_lr_without_warmup(tiny_params):
-    tc = replace(tiny_params, "train", warmup_iters=0, lr_decay_iters=10).train
+    tc = tiny_params.updated("train", warmup_iters=0, lr_decay_iters=10).train
     assert lr_at(0, tc) == pytest.approx(tc.lr)
     assert lr_at(10, tc) == tc.min_lr
 
@@ -88,14 +88,14 @@ def runs(tmp_path_factory):
     corpus = root / "corpus"
     write_txt(corpus / "train.txt", make_stories(400, seed=1))
     write_txt(corpus / "validation.txt", make_stories(40, seed=2))
-    download(replace(params, "data", source=str(corpus), max_train_stories=None, max_val_stories=None).data,
+    download(params.updated("data", source=str(corpus), max_train_stories=None, max_val_stories=None).data,
              root / "raw")
     tokenize(root / "raw", root / "tokens", params.tokenizer, threads=1)
 
-    params = replace(params, "model", block_size=32, n_layer=1, n_head=2, n_embd=32)
-    params = replace(params, "train", batch_size=4, max_iters=STEPS, eval_interval=EVAL_INTERVAL, eval_iters=2,
+    params = params.updated("model", block_size=32, n_layer=1, n_head=2, n_embd=32)
+    params = params.updated("train", batch_size=4, max_iters=STEPS, eval_interval=EVAL_INTERVAL, eval_iters=2,
                      log_interval=LOG_INTERVAL, warmup_iters=2, lr_decay_iters=STEPS, lr=3e-3, min_lr=3e-4)
-    params = replace(params, "hardware", device="cpu", dtype="float32", compile=False, threads=1)
+    params = params.updated("hardware", device="cpu", dtype="float32", compile=False, threads=1)
 
     threads = torch.get_num_threads()
     results = []
@@ -184,8 +184,8 @@ def test_same_seed_same_run(runs):
 
 def test_train_rejects_too_little_data(tmp_path, tiny_params, tokens_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = replace(tiny_params, "model", block_size=100_000)
-    params = replace(params, "hardware", device="cpu", dtype="float32", threads=1)
+    params = tiny_params.updated("model", block_size=100_000)
+    params = params.updated("hardware", device="cpu", dtype="float32", threads=1)
     threads = torch.get_num_threads()
     try:
         with pytest.raises(UserError, match="too few for model.block_size 100000"):

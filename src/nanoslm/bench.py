@@ -56,7 +56,7 @@ def apply_preset(params: Params, name: str) -> Params:
     if name not in PRESETS:
         raise UserError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     for section, values in PRESETS[name].items():
-        params = dataclasses.replace(params, **{section: dataclasses.replace(getattr(params, section), **values)})
+        params = params.updated(section, **values)
     return params
 
 

@@ -41,14 +41,12 @@ def _evaluate(args) -> None:
 
 
 def _bench(args) -> None:
-    import dataclasses
-
     from . import bench
     from .config import load_params
 
     params = load_params(args.params)
     if args.threads is not None:
-        params = dataclasses.replace(params, hardware=dataclasses.replace(params.hardware, threads=args.threads))
+        params = params.updated("hardware", threads=args.threads)
     result = bench.run_bench(params, args.preset, args.steps, args.only, tokens_dir=args.tokens, corpus=args.corpus,
                              corpus_mb=args.tokenize_corpus_mb)
     print(json.dumps(result, indent=2) if args.json else bench.format_table(result))

@@ -5,6 +5,7 @@ Every user mistake becomes a one-line UserError naming the key and the fix.
 
 import difflib
 import typing
+import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -93,6 +94,10 @@ class Params:
     eval: EvalConfig
     sample: SampleConfig
     hardware: HardwareConfig
+
+    def updated(self, section: str, **values) -> "Params":
+        """A copy with some values of one section changed, e.g. params.updated("train", max_iters=10)."""
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
