@@ -14,6 +14,8 @@ from nanoslm.hardware import Hardware
 from nanoslm.model import GPT
 from nanoslm.tokenizer import get_encoding
 
+from conftest import write_txt
+
 CFG = GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
 CPU = Hardware(torch.device("cpu"), torch.float32)
 ENC = get_encoding("gpt2")
@@ -84,7 +86,7 @@ def test_chat_continues_lines_and_changes_settings(ckpt, monkeypatch, capsys):
     assert "temperature 0.5, top-k 200," in out and "temperature 0.5, top-k 10," in out
     assert f"> {second}\n\n" in out
     assert "temperature 0.5, top-k 10, top-p 0.9, at most 4 new tokens, seed 11" in out
-    assert "error: temperature must be zero (greedy) or more, got -1.0\n" in out
+    assert "error: /temp must be zero (greedy) or more, got -1.0\n" in out
     assert "error: /topk needs a number or off, got 'x'\n" in out
     assert "error: unknown command /what; /help lists them\n" in out
     assert out.endswith(f"> {third}\n\n> \n")  # the last prompt, then end of input: a clean exit
@@ -128,17 +130,27 @@ def test_missing_checkpoint_is_one_error_line(argv, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "error: temperature must be zero"),
-    (["--top-p", "0"], "error: top_p must be in (0, 1]"),
-    (["--max-new-tokens", "0"], "error: max_new_tokens must be at least 1"),
+    (["--temperature", "-1"], "error: 'sample.temperature' must be zero (greedy) or more, got -1.0"),
+    (["--top-p", "0"], "error: 'sample.top_p' must be in (0, 1]"),
+    (["--max-new-tokens", "0"], "error: 'sample.max_new_tokens' must be between 1 and 10000, got 0"),
+    (["--top-k", "60000"], "error: 'sample.top_k' must be at most the vocabulary size (50257)"),
+    (["--threads", "-1"], "error: 'hardware.threads' must be zero or more, got -1"),
     (["--num-samples", "0"], "error: --num-samples must be at least 1"),
     (["--top-k", "many"], "error: nanoslm generate: argument --top-k: expected an integer or off, got 'many'"),
     (["--temperature", "hot"], "error: nanoslm generate: argument --temperature: invalid float value: 'hot'"),
 ])
 def test_bad_settings_are_one_error_line(args, message, ckpt, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["generate", "Hi", "--checkpoint", str(ckpt), *args, *HW_ARGS])
+        main(["generate", "Hi", "--checkpoint", str(ckpt), *HW_ARGS, *args])
     assert exit_.value.code == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(message) and captured.err.count("\n") == 1
     assert captured.out == ""  # nothing printed before the error
+
+
+def test_evaluate_batch_size_is_checked_as_params_are(ckpt, tmp_path, capsys):
+    data = write_txt(tmp_path / "v.txt", ["Once upon a time."])
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--batch-size", "0", *HW_ARGS])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: 'eval.batch_size' must be positive, got 0\n"

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from nanoslm.config import Params, load_params
+from nanoslm.config import ConfigError, HardwareConfig, Params, Sampling, load_params
 from nanoslm.errors import UserError
 
 from conftest import REPO
@@ -87,13 +87,18 @@ def test_float_written_without_dot_is_explained(tmp_path):
         ("train", "lr", 0.0, "'train.lr' must be positive"),
         ("train", "min_lr", 1.0, "must not exceed train.lr"),
         ("model", "dropout", 1.0, "'model.dropout' must be in [0, 1)"),
-        ("model", "vocab_size", 1000, "'model.vocab_size' must be at least 50257"),
+        ("model", "vocab_size", 1000, "'model.vocab_size' (1000) must be at least tokenizer.vocab_size (50257)"),
+        ("tokenizer", "vocab_size", 256, "'tokenizer.vocab_size' must be between 257"),
+        ("tokenizer", "vocab_size", 50258, "'tokenizer.vocab_size' must be between 257"),
         ("data", "max_train_stories", 0, "'data.max_train_stories' must be positive or null"),
-        ("sample", "top_k", 0, "'sample.top_k' must be null or between 1"),
-        ("sample", "temperature", -0.5, "'sample.temperature' must be zero or more"),
+        ("sample", "top_k", 0, "'sample.top_k' must be at least 1, or null"),
+        ("sample", "top_k", 60000, "'sample.top_k' must be at most the vocabulary size (50257)"),
+        ("sample", "temperature", -0.5, "'sample.temperature' must be zero (greedy) or more"),
         ("sample", "top_p", 0.0, "'sample.top_p' must be in (0, 1]"),
         ("sample", "top_p", 1.5, "'sample.top_p' must be in (0, 1]"),
-        ("sample", "max_new_tokens", 0, "'sample.max_new_tokens' must be positive"),
+        ("sample", "max_new_tokens", 0, "'sample.max_new_tokens' must be between 1 and 10000"),
+        ("sample", "max_new_tokens", 10**9, "'sample.max_new_tokens' must be between 1 and 10000"),
+        ("hardware", "threads", -1, "'hardware.threads' must be zero or more"),
         ("sample", "prompts", "Once", "'sample.prompts' must be a list"),
         ("hardware", "device", "tpu", "'hardware.device' must be one of auto, cpu, cuda, mps"),
         ("hardware", "dtype", "int8", "'hardware.dtype' must be one of"),
@@ -118,3 +123,42 @@ def test_optional_and_int_as_float(tmp_path):
                                                             p["train"].update(lr=1))))
     assert params.data.max_train_stories is None
     assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+
+
+# Every way of making a setting goes through the same checks as params.yaml, with the same message.
+@pytest.mark.parametrize("make", [
+    lambda p: p.updated("hardware", threads=-1),
+    lambda p: HardwareConfig(device="cpu", dtype="auto", compile=False, threads=-1, nproc_per_node=1),
+])
+def test_hardware_from_code_is_checked_like_params(tiny_params, make):
+    with pytest.raises(ConfigError, match=r"^'hardware.threads' must be zero or more, got -1$") as info:
+        make(tiny_params)
+    assert info.value.key == "hardware.threads" and info.value.field == "threads"
+
+
+@pytest.mark.parametrize("values, key", [
+    (dict(temperature=-1.0), "sample.temperature"),
+    (dict(top_p=1.5), "sample.top_p"),
+    (dict(top_k=0), "sample.top_k"),
+    (dict(max_new_tokens=10**9), "sample.max_new_tokens"),
+    (dict(temperature="hot"), "sample.temperature"),
+])
+def test_sampling_settings_are_checked_when_made(values, key):
+    with pytest.raises(ConfigError) as info:
+        Sampling(**values)
+    assert info.value.key == key
+
+
+def test_updated_checks_values_across_sections(tiny_params):
+    with pytest.raises(ConfigError, match="'model.vocab_size' .* must be at least tokenizer.vocab_size"):
+        tiny_params.updated("model", vocab_size=1000)
+    with pytest.raises(ConfigError, match="'train.min_lr'"):
+        tiny_params.updated("train", min_lr=1.0)
+
+
+def test_a_sample_config_is_a_sampling(tiny_params):
+    s = tiny_params.sample
+    assert isinstance(s, Sampling)
+    assert s.check(tiny_params.model.vocab_size) is s
+    with pytest.raises(ConfigError, match="at most the vocabulary size .10."):
+        s.check(10)  # top_k 200 > 10 ids

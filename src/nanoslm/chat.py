@@ -7,8 +7,8 @@ from typing import Callable, Optional
 import tiktoken
 import torch
 
-from .engine import Engine, Sampling
-from .errors import UserError
+from .config import ConfigError, Sampling
+from .engine import Engine
 from .generate import stream_text
 
 HELP = """\
@@ -94,8 +94,8 @@ class Chat:
             except ValueError:
                 self.say(f"error: {name} needs a number{' or off' if name == '/topk' else ''}, got {value!r}")
                 return None
-            except UserError as err:
-                self.say(f"error: {err}")
+            except ConfigError as err:  # the range of a setting: named as the command that sets it
+                self.say(f"error: {name} {err.problem}")
                 return None
             self.say(describe(self.sampling, self.seed))
         else:

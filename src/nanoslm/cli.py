@@ -10,7 +10,7 @@ import argparse
 import json
 
 from . import hardware
-from .config import DEVICES, DTYPES, HardwareConfig
+from .config import DEVICES, DTYPES, EvalConfig, HardwareConfig, Sampling
 from .errors import exit_on_user_error
 
 DEFAULT_CHECKPOINT = "models/best.pt"  # where the pipeline's train stage keeps its best model
@@ -36,7 +36,8 @@ def _hardware(args) -> hardware.Hardware:
 def _evaluate(args) -> None:
     from .evaluate import evaluate_text_file
 
-    result = evaluate_text_file(args.checkpoint, args.data, args.batch_size, _hardware(args))
+    batch_size = EvalConfig(batch_size=args.batch_size).batch_size  # checked as eval.batch_size in params.yaml is
+    result = evaluate_text_file(args.checkpoint, args.data, batch_size, _hardware(args))
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
@@ -70,8 +71,6 @@ def _top_k(text: str):
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, the sampling settings, --seed and the hardware flags of generate and chat."""
-    from .engine import Sampling
-
     default = Sampling()
     _add_checkpoint_arg(parser)
     parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens, metavar="N",
@@ -89,9 +88,7 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     _add_hardware_args(parser)
 
 
-def _sampling(args):
-    from .engine import Sampling
-
+def _sampling(args) -> Sampling:
     return Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p)
 
@@ -111,8 +108,9 @@ def _generate(args) -> None:
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    sampling = _sampling(args)
     engine, enc, _ = load_engine(args.checkpoint, _hardware(args))
-    sampling = _sampling(args).check(engine.model.config.vocab_size)
+    sampling = sampling.check(engine.model.config.vocab_size)
     seed = _seed(args)
     try:
         for i, generator in enumerate(generators(seed, args.num_samples)):

@@ -1,37 +1,111 @@
-"""Load params.yaml once, check every key and type, and hand out typed, frozen sections.
+"""Every setting of the pipeline as typed, frozen, validated sections; params.yaml is read here and nowhere else.
 
-Every user mistake becomes a one-line UserError naming the key and the fix.
+A section checks its values when it is made, so a value from params.yaml, a CLI flag, a bench preset or
+`Params.updated` goes through the same checks and fails with the same one-line ConfigError naming the key.
 """
 
-import difflib
-import typing
 import dataclasses
-from dataclasses import dataclass, fields
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError
 
-GPT2_VOCAB = 50257  # tokens in tiktoken's "gpt2" encoding; the model's vocab may be padded above it
+GPT2_VOCAB = 50257  # ids in GPT-2's BPE (tiktoken's "gpt2"): the largest tokenizer.vocab_size
+MIN_VOCAB = 257  # GPT-2's 256 byte tokens and <|endoftext|>: the smallest vocabulary that encodes every text
+MAX_NEW_TOKENS = 10_000  # per story: far past any context here, and a bound for one request's work
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TOKENIZERS = ("gpt2",)
+
+
+def cpu_threads(threads: int) -> int:
+    """The thread count a `threads` setting means: 0 = every core."""
+    return threads or os.cpu_count() or 1
+
+
+class ConfigError(UserError):
+    """A setting out of range or of the wrong type; `key` is its params.yaml name, e.g. 'sample.temperature'."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"'{key}' {problem}")
+        self.key, self.field, self.problem = key, key.rpartition(".")[2], problem
+
+
+class _Section:
+    """Base of the sections: coerce each value to its field's type, then run the section's own checks."""
+
+    SECTION: typing.ClassVar[str]
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(hints[f.name], getattr(self, f.name), self._key(f.name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks of this section's values (types are already right)."""
+
+    def _key(self, name: str) -> str:
+        return f"{self.SECTION}.{name}"
+
+    def _fail(self, name: str, problem: str):
+        raise ConfigError(self._key(name), problem)
+
+    def _positive(self, *names):
+        for name in names:
+            if getattr(self, name) <= 0:
+                self._fail(name, f"must be positive, got {getattr(self, name)}")
+
+    def _at_least_zero(self, *names):
+        for name in names:
+            if getattr(self, name) < 0:
+                self._fail(name, f"must be zero or more, got {getattr(self, name)}")
+
+    def _one_of(self, name, choices):
+        if getattr(self, name) not in choices:
+            self._fail(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
+    SECTION = "data"
     source: str  # Hugging Face dataset id, or a local file / directory
     max_train_stories: typing.Optional[int]  # null = all
     max_val_stories: typing.Optional[int]
     holdout_every: int  # single-file sources: every Nth story goes to validation
 
+    def validate(self):
+        if not self.source.strip():
+            self._fail("source", "is empty; give a Hugging Face dataset id or a local path")
+        for name in ("max_train_stories", "max_val_stories"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                self._fail(name, f"must be positive or null (no cap), got {getattr(self, name)}")
+        self._positive("holdout_every")
+
 
 @dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(_Section):
+    SECTION = "tokenizer"
     name: str
+    vocab_size: int  # 50257 = GPT-2 as it is; fewer = GPT-2 restricted to the train split's most frequent tokens
     batch_stories: int  # stories encoded per batch; bounds tokenize's memory
 
+    def validate(self):
+        self._one_of("name", TOKENIZERS)
+        if not MIN_VOCAB <= self.vocab_size <= GPT2_VOCAB:
+            self._fail("vocab_size", f"must be between {MIN_VOCAB} (GPT-2's 256 bytes and <|endoftext|>) and "
+                                     f"{GPT2_VOCAB} (all of GPT-2), got {self.vocab_size}")
+        self._positive("batch_stories")
+
 
 @dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(_Section):
+    SECTION = "model"
     block_size: int
     vocab_size: int
     n_layer: int
@@ -40,9 +114,17 @@ class GPTConfig:
     dropout: float
     bias: bool
 
+    def validate(self):
+        self._positive("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+        if self.n_embd % self.n_head:
+            self._fail("n_embd", f"({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            self._fail("dropout", f"must be in [0, 1), got {self.dropout}")
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
+    SECTION = "train"
     batch_size: int
     grad_accum_steps: int
     lr: float
@@ -60,29 +142,87 @@ class TrainConfig:
     checkpoint_interval: int  # steps between resumable checkpoints (models/last.pt)
     seed: int
 
+    def validate(self):
+        self._positive("batch_size", "grad_accum_steps", "lr", "max_iters", "eval_interval", "eval_iters",
+                       "log_interval", "checkpoint_interval")
+        self._at_least_zero("min_lr", "warmup_iters", "weight_decay", "grad_clip", "seed")
+        if self.min_lr > self.lr:
+            self._fail("min_lr", f"({self.min_lr}) must not exceed train.lr ({self.lr})")
+        if self.lr_decay_iters < self.warmup_iters:
+            self._fail("lr_decay_iters", f"({self.lr_decay_iters}) must be at least train.warmup_iters "
+                                         f"({self.warmup_iters})")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                self._fail(name, f"must be in [0, 1), got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Section):
+    SECTION = "eval"
     batch_size: int
 
-
-@dataclass(frozen=True)
-class SampleConfig:
-    prompts: typing.List[str]
-    max_new_tokens: int
-    temperature: float  # 0 = greedy
-    top_k: typing.Optional[int]  # null = no top-k filtering
-    top_p: float  # nucleus sampling: keep the fewest most likely tokens holding this much probability; 1.0 = off
-    seed: int
+    def validate(self):
+        self._positive("batch_size")
 
 
 @dataclass(frozen=True)
-class HardwareConfig:
+class Sampling(_Section):
+    """How to pick each new token: the sample stage's, the CLI's and the server's settings.
+
+    The defaults are the CLI's; the sample stage takes every value from params.yaml.
+    """
+
+    SECTION = "sample"
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy (top_k and top_p then do nothing)
+    top_k: typing.Optional[int] = 200  # sample among the k most likely tokens; None = all
+    top_p: float = 1.0  # nucleus: the fewest most likely tokens holding this much probability; 1.0 = off
+
+    def validate(self):
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            self._fail("max_new_tokens", f"must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            self._fail("temperature", f"must be zero (greedy) or more, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            self._fail("top_k", f"must be at least 1, or null (off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            self._fail("top_p", f"must be in (0, 1] (1.0 = off), got {self.top_p}")
+
+    def check(self, vocab_size: int) -> "Sampling":
+        """Self, after checking top_k against a model's vocabulary; a ConfigError otherwise."""
+        if self.top_k is not None and self.top_k > vocab_size:
+            self._fail("top_k", f"must be at most the vocabulary size ({vocab_size}), or null (off), got {self.top_k}")
+        return self
+
+
+@dataclass(frozen=True)
+class SampleConfig(Sampling):
+    """The sample stage: Sampling's settings, plus the prompts and the seed of the first prompt."""
+
+    prompts: typing.List[str] = field(kw_only=True)
+    seed: int = field(kw_only=True)
+
+    def validate(self):
+        if not self.prompts:
+            self._fail("prompts", "is empty; list at least one prompt")
+        super().validate()
+        self._at_least_zero("seed")
+
+
+@dataclass(frozen=True)
+class HardwareConfig(_Section):
+    SECTION = "hardware"
     device: str  # auto | cpu | cuda | mps
     dtype: str  # auto | float32 | bfloat16 | float16
     compile: bool
-    threads: int  # 0 = every core
+    threads: int  # 0 = every core (see cpu_threads)
     nproc_per_node: int  # training processes on this machine; > 1 runs the train stage under torchrun (DDP)
+
+    def validate(self):
+        self._one_of("device", DEVICES)
+        self._one_of("dtype", DTYPES)
+        self._at_least_zero("threads")
+        self._positive("nproc_per_node")
 
 
 @dataclass(frozen=True)
@@ -95,14 +235,18 @@ class Params:
     sample: SampleConfig
     hardware: HardwareConfig
 
+    def __post_init__(self):
+        """Checks that span sections."""
+        if self.model.vocab_size < self.tokenizer.vocab_size:
+            raise ConfigError("model.vocab_size", f"({self.model.vocab_size}) must be at least tokenizer.vocab_size "
+                                                  f"({self.tokenizer.vocab_size}); set it to "
+                                                  f"{self.tokenizer.vocab_size}")
+        self.sample.check(self.model.vocab_size)
+
     def updated(self, section: str, **values) -> "Params":
-        """A copy with some values of one section changed, e.g. params.updated("train", max_iters=10)."""
+        """A copy with some values of one section changed, e.g. params.updated("train", max_iters=10); checked
+        as params.yaml is."""
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
-
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-TOKENIZERS = ("gpt2",)
 
 
 def load_params(path="params.yaml") -> Params:
@@ -118,46 +262,47 @@ def load_params(path="params.yaml") -> Params:
         raise UserError(f"{path}: YAML syntax error{where}: {err.problem}") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path}: YAML error: {err}") from None
-    params = _build(Params, raw, prefix="", source=path)
-    _check(params, path)
-    return params
+    try:
+        return _build(Params, raw, prefix="")
+    except ConfigError as err:
+        raise UserError(f"{path}: {err}") from None
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
 
 
-def _build(cls, raw, prefix, source):
-    """Build dataclass `cls` from a mapping, checking unknown/missing keys and each value's type."""
+def _build(cls, raw, prefix):
+    """Build dataclass `cls` from a mapping, refusing unknown and missing keys; the sections check the values."""
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: {where}: expected a mapping of keys, got {_describe(raw)}")
+        raise UserError(f"{where}: expected a mapping of keys, got {_describe(raw)}")
     names = [f.name for f in fields(cls)]
     for key in raw:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
-            raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
+            raise UserError(f"unknown key '{prefix}{key}'{hint}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name in names:
-        key = prefix + name
         if name not in raw:
-            raise UserError(f"{source}: missing key '{key}'; see params.yaml in the repository for every key")
+            raise UserError(f"missing key '{prefix}{name}'; see params.yaml in the repository for every key")
         kind = hints[name]
-        if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
-            values[name] = _build(kind, raw[name], key + ".", source)
-        else:
-            values[name] = _coerce(kind, raw[name], key, source)
+        is_section = isinstance(kind, type) and dataclasses.is_dataclass(kind)
+        values[name] = _build(kind, raw[name], f"{prefix}{name}.") if is_section else raw[name]
     return cls(**values)
 
 
-def _coerce(kind, value, key, source):
+def _coerce(kind, value, key):
+    """`value` as type `kind` (an int where a float is wanted becomes a float); a ConfigError if it is not one."""
     if typing.get_origin(kind) is typing.Union:  # Optional[X]
         if value is None:
             return None
         (kind,) = [k for k in typing.get_args(kind) if k is not type(None)]
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
-        if not isinstance(value, list):
-            raise UserError(f"{source}: '{key}' must be a list, got {_describe(value)}")
-        return [_coerce(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"must be a list, got {_describe(value)}")
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
@@ -171,7 +316,7 @@ def _coerce(kind, value, key, source):
         hint = ""
         if kind is float and isinstance(value, str):
             hint = f" (YAML reads {value} as text; write it with a dot, e.g. 3.0e-4)"
-        raise UserError(f"{source}: '{key}' must be {_type_name(kind)}, got {_describe(value)}{hint}")
+        raise ConfigError(key, f"must be {_type_name(kind)}, got {_describe(value)}{hint}")
     return value
 
 
@@ -185,63 +330,3 @@ def _describe(value):
     if isinstance(value, str):
         return f"the string {value!r}"
     return f"{type(value).__name__} {value!r}"
-
-
-def _check(p: Params, source) -> None:
-    """Checks that span more than one value's type."""
-
-    def fail(key, msg):
-        raise UserError(f"{source}: '{key}' {msg}")
-
-    def positive(section, obj, *names):
-        for name in names:
-            if getattr(obj, name) <= 0:
-                fail(f"{section}.{name}", f"must be positive, got {getattr(obj, name)}")
-
-    def at_least_zero(section, obj, *names):
-        for name in names:
-            if getattr(obj, name) < 0:
-                fail(f"{section}.{name}", f"must be zero or more, got {getattr(obj, name)}")
-
-    d, t, m, tr, ev, s, hw = p.data, p.tokenizer, p.model, p.train, p.eval, p.sample, p.hardware
-    if not d.source.strip():
-        fail("data.source", "is empty; give a Hugging Face dataset id or a local path")
-    for name in ("max_train_stories", "max_val_stories"):
-        if getattr(d, name) is not None and getattr(d, name) <= 0:
-            fail(f"data.{name}", f"must be positive or null (no cap), got {getattr(d, name)}")
-    positive("data", d, "holdout_every")
-    if t.name not in TOKENIZERS:
-        fail("tokenizer.name", f"must be one of {', '.join(TOKENIZERS)}, got {t.name!r}")
-    positive("tokenizer", t, "batch_stories")
-    positive("model", m, "block_size", "vocab_size", "n_layer", "n_head", "n_embd")
-    if m.n_embd % m.n_head:
-        fail("model.n_embd", f"({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
-    if m.vocab_size < GPT2_VOCAB:
-        fail("model.vocab_size", f"must be at least {GPT2_VOCAB} (the GPT-2 tokenizer's size), got {m.vocab_size}")
-    if not 0 <= m.dropout < 1:
-        fail("model.dropout", f"must be in [0, 1), got {m.dropout}")
-    positive("train", tr, "batch_size", "grad_accum_steps", "lr", "max_iters", "eval_interval", "eval_iters",
-             "log_interval", "checkpoint_interval")
-    at_least_zero("train", tr, "min_lr", "warmup_iters", "weight_decay", "grad_clip", "seed")
-    if tr.min_lr > tr.lr:
-        fail("train.min_lr", f"({tr.min_lr}) must not exceed train.lr ({tr.lr})")
-    if tr.lr_decay_iters < tr.warmup_iters:
-        fail("train.lr_decay_iters", f"({tr.lr_decay_iters}) must be at least train.warmup_iters ({tr.warmup_iters})")
-    for name in ("beta1", "beta2"):
-        if not 0 <= getattr(tr, name) < 1:
-            fail(f"train.{name}", f"must be in [0, 1), got {getattr(tr, name)}")
-    positive("eval", ev, "batch_size")
-    if not s.prompts:
-        fail("sample.prompts", "is empty; list at least one prompt")
-    positive("sample", s, "max_new_tokens")
-    at_least_zero("sample", s, "temperature", "seed")
-    if s.top_k is not None and not 1 <= s.top_k <= m.vocab_size:
-        fail("sample.top_k", f"must be null or between 1 and model.vocab_size ({m.vocab_size}), got {s.top_k}")
-    if not 0 < s.top_p <= 1:
-        fail("sample.top_p", f"must be in (0, 1] (1.0 = off), got {s.top_p}")
-    if hw.device not in DEVICES:
-        fail("hardware.device", f"must be one of {', '.join(DEVICES)}, got {hw.device!r}")
-    if hw.dtype not in DTYPES:
-        fail("hardware.dtype", f"must be one of {', '.join(DTYPES)}, got {hw.dtype!r}")
-    at_least_zero("hardware", hw, "threads")
-    positive("hardware", hw, "nproc_per_node")

@@ -14,38 +14,15 @@ same settings and generators:
 
 import contextlib
 import sys
-from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import hardware
-from .errors import UserError
+from .config import Sampling
 from .model import GPT
 from .tokenizer import EOT, N_VOCAB
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to pick each new token."""
-
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 = greedy (top_k and top_p then do nothing)
-    top_k: Optional[int] = 200  # sample among the k most likely tokens; None = all
-    top_p: float = 1.0  # nucleus: the fewest most likely tokens holding this much probability; 1.0 = off
-
-    def check(self, vocab_size: int) -> "Sampling":
-        """Raise a one-line UserError for a setting out of range; return self."""
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be zero (greedy) or more, got {self.temperature}")
-        if self.top_k is not None and not 1 <= self.top_k <= vocab_size:
-            raise UserError(f"top_k must be between 1 and the vocabulary size ({vocab_size}) or off, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        return self
 
 
 def generators(seed: int, n: int) -> list[torch.Generator]:

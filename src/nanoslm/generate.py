@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from . import checkpoint, hardware
 from .atomic import write_text
-from .config import SampleConfig
-from .engine import Engine, Sampling, collect, generators
+from .config import SampleConfig, Sampling
+from .engine import Engine, collect, generators
 from .tokenizer import get_encoding
 
 
@@ -30,9 +30,8 @@ def sample_prompts(checkpoint_path, cfg: SampleConfig, hw: hardware.Hardware) ->
     other sample.
     """
     engine, enc, state = load_engine(checkpoint_path, hw)
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
     prompts = [enc.encode_ordinary(p) for p in cfg.prompts]
-    steps = engine.stream(prompts, sampling, generators(cfg.seed, len(prompts)))
+    steps = engine.stream(prompts, cfg, generators(cfg.seed, len(prompts)))  # a SampleConfig is a Sampling
     new = collect(tqdm(steps, desc="sample", unit="token", total=cfg.max_new_tokens, file=sys.stderr), len(prompts))
     return [{"prompt": p, "text": enc.decode(ids)} for p, ids in zip(cfg.prompts, new)], state
 

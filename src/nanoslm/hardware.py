@@ -2,13 +2,12 @@
 
 import contextlib
 import ctypes
-import os
 import platform
 from dataclasses import dataclass
 
 import torch
 
-from .config import HardwareConfig
+from .config import HardwareConfig, cpu_threads
 from .errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,8 +33,7 @@ def setup(cfg: HardwareConfig) -> Hardware:
     device = _device(cfg.device)
     dtype = _dtype(cfg.dtype, device)
     if device.type == "cpu":
-        threads = cfg.threads or os.cpu_count() or 1
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cpu_threads(cfg.threads))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
