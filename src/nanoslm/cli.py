@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write DIR with config.json, model.safetensors and GPT-2 tokenizer files, offline, so that "
                     "transformers' AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR) "
                     "load the model. Replaces an earlier export in DIR; refuses a folder holding other files, "
-                    "and a model GPT-2 cannot express. Needs safetensors: pip install 'nanoslm[export]'.")
+                    "and a model GPT-2 cannot express. Loading it needs transformers: pip install 'nanoslm[export]'.")
     _add_checkpoint_arg(ex)
     ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
     ex.set_defaults(run=_export)
