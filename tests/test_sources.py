@@ -207,7 +207,8 @@ def test_unreachable_hub_fails_fast_with_the_fix(monkeypatch):
     assert not called  # failed before handing over to datasets' retry loop
     message = str(err.value)
     assert "cannot reach the Hugging Face Hub" in message and "'roneneldan/TinyStories'" in message
-    assert "dvc exp run -S data.source=" in message and "HF_HUB_OFFLINE=1" in message
+    assert "dvc exp run -S data.source=PATH, where PATH is a .txt" in message and "HF_HUB_OFFLINE=1" in message
+    assert "shared" not in message  # no path that exists only on our own machines
 
 
 def test_a_hanging_lookup_is_cut_off(monkeypatch):

@@ -13,6 +13,16 @@ class UserError(Exception):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
 
 
+def brief(err: BaseException, limit: int = 160) -> str:
+    """An exception's message as a short technical cause to put after our own words: one line, cut at a word
+    boundary (marked with "..."); whole when NANOSLM_DEBUG is set. Its type's name when it has no message."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if len(text) <= limit or os.environ.get("NANOSLM_DEBUG"):
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:") + " ..."
+
+
 @contextmanager
 def exit_on_user_error():
     """Turn a UserError into `error: <message>` on stderr and exit status 2.

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .config import DataConfig
-from .errors import UserError
+from .errors import UserError, brief
 
 SPLITS = ("train", "validation")
 SEPARATOR = "<|endoftext|>"  # the hub's .txt files end every story with a line holding exactly this
@@ -236,9 +236,8 @@ def _parquet_stories(path: Path) -> Stories:
         try:
             parquet = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as err:
-            reason = " ".join(str(err).split())[:200]  # arrow's messages can span lines
-            raise UserError(f"data.source: {path}: not a readable Parquet file ({reason}); "
-                            f"check the file or re-export it") from None
+            raise UserError(f"data.source: {path} is not a readable Parquet file; check the file or re-export it "
+                            f"(cause: {brief(err)})") from None
         schema = parquet.schema_arrow
         if "text" not in schema.names:
             raise UserError(f"data.source: {path}: no 'text' column (found: {', '.join(schema.names)}); "
@@ -281,8 +280,9 @@ def _require_hub(dataset_id: str) -> None:
     url = urlparse(constants.ENDPOINT)
     if not _reachable(url.hostname, url.port or 443):
         raise UserError(f"data.source: cannot reach the Hugging Face Hub ({constants.ENDPOINT}) for {dataset_id!r}; "
-                        f"to use local files run: dvc exp run -S data.source=../shared/data/tinystories "
-                        f"(or set HF_HUB_OFFLINE=1 to use the datasets cache)")
+                        f"to train on local files run: dvc exp run -S data.source=PATH, where PATH is a .txt "
+                        f"(stories separated by <|endoftext|> lines), .jsonl or .parquet file, or a folder holding "
+                        f"one *train* and one *valid* file; or set HF_HUB_OFFLINE=1 to use the datasets cache")
 
 
 def _reachable(host: str, port: int) -> bool:
