@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -50,8 +53,17 @@ def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch, native, expected):
     assert hardware.setup(hw_cfg(dtype="auto")).dtype == expected
 
 
-def test_cpu_has_native_bf16_returns_a_bool():
-    assert isinstance(hardware.cpu_has_native_bf16(), bool)
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),  # x86 with AVX-512 BF16
+    ("fpu sse2 avx2 amx_bf16 amx_tile", True),
+    ("fpu sse2 avx2 avx512f", False),  # AVX-512 without its bf16 extension
+])
+def test_cpu_has_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch, flags, expected):
+    monkeypatch.setattr(hardware.platform, "system", lambda: "Linux")
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n", encoding="utf-8")
+    assert hardware.cpu_has_native_bf16(str(info)) is expected
+    assert hardware.cpu_has_native_bf16(str(tmp_path / "missing")) is False
 
 
 def test_autocast_is_a_no_op_for_float32():
@@ -71,8 +83,25 @@ def test_autocast_bf16_runs_matmuls_in_bf16():
     assert not torch.is_autocast_enabled("cpu")
 
 
-def test_keep_freed_memory_runs():
+RSS_AFTER_FREE = """
+import sys, torch
+from nanoslm import hardware
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1]) * 1024
+if sys.argv[1] == "tuned":
     hardware.keep_freed_memory()
-    hardware.keep_freed_memory()  # idempotent
-    x = torch.ones(1 << 22)  # a large allocation still works afterwards
-    assert x.sum().item() == 1 << 22
+before = rss()
+x = torch.ones(1 << 26)  # 256 MiB, touched
+del x
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc and /proc are Linux's")
+def test_keep_freed_memory_keeps_a_freed_block_mapped():
+    """Without the tuning glibc hands a freed 256 MiB block back to the OS; with it the block stays for reuse."""
+    def grown(mode):
+        out = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout) / 2**20
+    assert grown("plain") < 64
+    assert grown("tuned") > 200

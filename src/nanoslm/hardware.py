@@ -68,12 +68,12 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when the CPU has bf16 matrix instructions; elsewhere bf16 autocast is emulated and slower."""
     if platform.system() != "Linux":
         return False
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
     except OSError:
         return False
