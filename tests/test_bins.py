@@ -45,7 +45,7 @@ def test_batch_size_does_not_change_the_output(raw, tmp_path):
 
 def test_tokenize_writes_meta_and_reruns_identically(raw, tmp_path):
     out = tmp_path / "tokens"
-    meta = tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=3), threads=0)
+    meta = tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=3), threads=0)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "validation.bin"]
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     valid_tokens = 1 + sum(len(gpt2_encoding().encode_ordinary(s)) + 1 for s in VALID)
@@ -64,12 +64,12 @@ def test_tokenize_writes_meta_and_reruns_identically(raw, tmp_path):
     }
     assert meta["splits"]["train"]["tokens"] == len(first["train.bin"]) // 2
 
-    tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=2), threads=1)
+    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=2), threads=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
 def test_load_split_memmaps_read_only(raw, tmp_path):
-    tokenize(raw, tmp_path / "tokens", TokenizerConfig(name="gpt2", batch_stories=8), threads=1)
+    tokenize(raw, tmp_path / "tokens", TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=8), threads=1)
     ids = load_split(tmp_path / "tokens", "validation")
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint16 and ids.mode == "r"
     assert ids[0] == EOT and gpt2_encoding().decode(ids[1:].tolist()).split("<|endoftext|>")[:2] == VALID
@@ -103,7 +103,7 @@ def test_missing_inputs_say_which_stage_to_run(tmp_path):
 @pytest.fixture
 def tokens(raw, tmp_path):
     out = tmp_path / "tokens"
-    tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=8), threads=1)
+    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=8), threads=1)
     return out
 
 

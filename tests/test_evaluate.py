@@ -15,7 +15,7 @@ from nanoslm.model import GPT
 
 CFG = GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
 CPU = Hardware(torch.device("cpu"), torch.float32)
-KEYS = {"val_loss", "perplexity", "bits_per_byte", "tokens", "bytes", "step"}
+KEYS = {"val_loss", "perplexity", "bits_per_byte", "tokens", "bytes", "step", "tokenizer", "vocab_size"}
 
 
 def make(seed=0):
@@ -99,7 +99,7 @@ def test_evaluate_checkpoint_rejects_another_tokenizer(ckpt, tmp_path):
     tokens = tmp_path / "t"
     tokens.mkdir()
     (tokens / "meta.json").write_text(json.dumps({"format_version": 1, "tokenizer": "gpt2"}))
-    with pytest.raises(UserError, match="tokenizer 'other'"):
+    with pytest.raises(UserError, match="trained with tokenizer .other. .50257 ids. but .* holds tokens of .gpt2. .50257 ids."):
         evaluate_checkpoint(ckpt, tokens, 8, CPU)
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-
-GPT2_VOCAB = 50257  # tokens in tiktoken's "gpt2" encoding; the model's vocab may be padded above it
+from .tokenizer import N_VOCAB as GPT2_VOCAB  # one definition, in nanoslm.tokenizer; drop this once unused
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class TokenizerConfig:
     name: str
+    vocab_size: int  # 50257 = GPT-2's vocabulary; fewer = GPT-2's tokens most frequent in the train split
     batch_stories: int  # stories encoded per batch; bounds tokenize's memory
 
 
