@@ -148,3 +148,35 @@ def test_cli_missing_data_file_exits_2(ckpt, tmp_path, capsys, monkeypatch):
         main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "nope.txt"), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_pruned_vocabulary_is_scored_and_named(tmp_path, tiny_params):
+    from nanoslm.bins import tokenize
+    from nanoslm.tokenizer import label
+
+    from conftest import make_stories, write_txt
+
+    write_txt(tmp_path / "raw" / "train.txt", make_stories(60, seed=1))
+    write_txt(tmp_path / "raw" / "validation.txt", make_stories(6, seed=2))
+    meta = tokenize(tmp_path / "raw", tmp_path / "tokens", tiny_params.updated("tokenizer", vocab_size=300).tokenizer,
+                    threads=1)
+    cfg = GPTConfig(**{**CFG.__dict__, "vocab_size": 300})
+    torch.manual_seed(0)
+    path = tmp_path / "pruned.pt"
+    checkpoint.save(path, GPT(cfg), step=3, val_loss=5.0, tokenizer=meta["tokenizer"])
+    result = evaluate_checkpoint(path, tmp_path / "tokens", 8, CPU)
+    assert result["vocab_size"] == 300 and result["tokenizer"] == label(meta["tokenizer"])
+    assert result["tokenizer"].startswith("gpt2-300-") and result["bytes"] == meta["splits"]["validation"]["bytes"]
+    assert abs(result["val_loss"] - math.log(300)) < 0.2  # untrained: near uniform over 300 ids
+    assert evaluate_text_file(path, tmp_path / "raw" / "validation.txt", 8, CPU) == result
+
+    # the same model on GPT-2's bins (or bins of another pruned choice) is refused, not scored
+    gpt2_tokens = tmp_path / "gpt2-tokens"
+    tokenize(tmp_path / "raw", gpt2_tokens, tiny_params.tokenizer, threads=1)
+    with pytest.raises(UserError, match=r"trained with tokenizer 'gpt2-300-\w{8}' \(300 ids\) but .* holds tokens "
+                                        r"of 'gpt2' \(50257 ids\); rerun: dvc repro$"):
+        evaluate_checkpoint(path, gpt2_tokens, 8, CPU)
+    other = dict(meta["tokenizer"], ranks=meta["tokenizer"]["ranks"][:-1] + [meta["tokenizer"]["ranks"][-1] + 1])
+    checkpoint.save(path, GPT(cfg), step=3, val_loss=5.0, tokenizer=other)
+    with pytest.raises(UserError, match="trained with tokenizer 'gpt2-300-"):
+        evaluate_checkpoint(path, tmp_path / "tokens", 8, CPU)

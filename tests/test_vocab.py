@@ -167,3 +167,20 @@ def test_random_text_round_trips(pruned):
     for _ in range(200):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60)))
         assert enc.decode(enc.encode_ordinary(text)) == text
+
+
+def test_load_engine_uses_the_checkpoints_vocabulary(tmp_path, pruned):
+    import torch
+
+    from nanoslm import checkpoint
+    from nanoslm.config import GPTConfig
+    from nanoslm.generate import load_engine
+    from nanoslm.hardware import Hardware
+    from nanoslm.model import GPT
+
+    K, value, enc = pruned
+    cfg = GPTConfig(block_size=16, vocab_size=K + 64, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
+    checkpoint.save(tmp_path / "m.pt", GPT(cfg), step=1, val_loss=1.0, tokenizer=value)
+    engine, got, _ = load_engine(tmp_path / "m.pt", Hardware(torch.device("cpu"), torch.float32))
+    assert got.n_vocab == K and engine.eot == K - 1 and engine.n_vocab == K  # padded ids are never sampled
+    assert got.encode_ordinary("Once upon a time") == enc.encode_ordinary("Once upon a time")
