@@ -5,7 +5,8 @@ from nanoslm import bins
 from nanoslm.bins import load_split, read_meta, tokenize, tokenize_split
 from nanoslm.config import TokenizerConfig
 from nanoslm.errors import UserError
-from nanoslm.tokenizer import EOT, gpt2_encoding
+from nanoslm.tokenizer import EOT, check_tokens, encoding_for, gpt2_encoding, vocabulary
+from nanoslm.vocab import count_gpt2_ids, select_ranks
 
 TRAIN = ["Hello world", "Once upon a time, “Lily” saw a café.\n\nThe end.", "Tom ran.", "A <|endoftext|> B", "Hi."]
 VALID = ["The sun came up.", "Sue waved."]
@@ -45,7 +46,7 @@ def test_batch_size_does_not_change_the_output(raw, tmp_path):
 
 def test_tokenize_writes_meta_and_reruns_identically(raw, tmp_path):
     out = tmp_path / "tokens"
-    meta = tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=3), threads=0)
+    meta = tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=3), threads=0)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "validation.bin"]
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     valid_tokens = 1 + sum(len(gpt2_encoding().encode_ordinary(s)) + 1 for s in VALID)
@@ -64,12 +65,12 @@ def test_tokenize_writes_meta_and_reruns_identically(raw, tmp_path):
     }
     assert meta["splits"]["train"]["tokens"] == len(first["train.bin"]) // 2
 
-    tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=2), threads=1)
+    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=2), threads=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
 def test_load_split_memmaps_read_only(raw, tmp_path):
-    tokenize(raw, tmp_path / "tokens", TokenizerConfig(name="gpt2", batch_stories=8), threads=1)
+    tokenize(raw, tmp_path / "tokens", TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=8), threads=1)
     ids = load_split(tmp_path / "tokens", "validation")
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint16 and ids.mode == "r"
     assert ids[0] == EOT and gpt2_encoding().decode(ids[1:].tolist()).split("<|endoftext|>")[:2] == VALID
@@ -103,7 +104,7 @@ def test_missing_inputs_say_which_stage_to_run(tmp_path):
 @pytest.fixture
 def tokens(raw, tmp_path):
     out = tmp_path / "tokens"
-    tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=8), threads=1)
+    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=8), threads=1)
     return out
 
 
@@ -132,3 +133,30 @@ def test_missing_bin_and_old_meta_are_rejected(tokens):
 
 def test_dtype_holds_every_gpt2_id():
     assert np.iinfo(bins.DTYPE).max >= gpt2_encoding().n_vocab - 1
+
+
+def test_pruned_vocabulary_is_chosen_from_train_and_stored_in_meta(raw, tmp_path):
+    out = tmp_path / "tokens"
+    meta = tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=300, batch_stories=2), threads=1)
+    value = meta["tokenizer"]
+    assert set(value) == {"name", "vocab_size", "ranks", "sha256"} and value["vocab_size"] == 300
+    assert meta["vocab_size"] == 300 and meta["eot_token"] == 299 and read_meta(out) == meta
+    assert value == vocabulary(select_ranks(count_gpt2_ids(raw / "train.txt", 8, 1), 300))
+    enc = encoding_for(value)
+    for split, stories in (("train", TRAIN), ("validation", VALID)):
+        ids = load_split(out, split)
+        assert ids.max() == 299 and ids[0] == 299
+        eots = np.flatnonzero(ids == 299)
+        assert [enc.decode(ids[a + 1:b].tolist()) for a, b in zip(eots[:-1], eots[1:])] == stories
+        assert meta["splits"][split]["bytes"] == sum(len(s.encode()) for s in stories)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=300, batch_stories=5), threads=2)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    check_tokens(out, meta, TokenizerConfig(name="gpt2", vocab_size=300, batch_stories=5))
+
+
+def test_default_vocabulary_keeps_gpt2s_bins_and_meta(raw, tmp_path):
+    meta = tokenize(raw, tmp_path / "tokens", TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=2), 1)
+    assert meta["tokenizer"] == "gpt2"
+    ids = load_split(tmp_path / "tokens", "train").tolist()
+    assert ids == [EOT] + [i for s in TRAIN for i in gpt2_encoding().encode_ordinary(s) + [EOT]]

@@ -15,7 +15,7 @@ from nanoslm.model import GPT
 
 CFG = GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
 CPU = Hardware(torch.device("cpu"), torch.float32)
-KEYS = {"val_loss", "perplexity", "bits_per_byte", "tokens", "bytes", "step"}
+KEYS = {"val_loss", "perplexity", "bits_per_byte", "tokens", "bytes", "step", "tokenizer", "vocab_size"}
 
 
 def make(seed=0):
@@ -99,7 +99,7 @@ def test_evaluate_checkpoint_rejects_another_tokenizer(ckpt, tmp_path):
     tokens = tmp_path / "t"
     tokens.mkdir()
     (tokens / "meta.json").write_text(json.dumps({"format_version": 1, "tokenizer": "gpt2"}))
-    with pytest.raises(UserError, match="tokenizer 'other'"):
+    with pytest.raises(UserError, match="trained with tokenizer .other. .50257 ids. but .* holds tokens of .gpt2. .50257 ids."):
         evaluate_checkpoint(ckpt, tokens, 8, CPU)
 
 
@@ -124,8 +124,9 @@ def test_cli_evaluate_prints_json(ckpt, tokens_dir, tmp_path, capsys):
     exact = json.loads(capsys.readouterr().out)
     expected = evaluate_text_file(ckpt, txt, batch_size=32, hw=CPU)
     assert exact.keys() == expected.keys()
-    for key in KEYS:
+    for key in KEYS - {"tokenizer"}:
         assert exact[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert exact["tokenizer"] == expected["tokenizer"] == "gpt2"
 
 
 def test_cli_missing_checkpoint_exits_2(tmp_path, capsys, monkeypatch):
@@ -147,3 +148,35 @@ def test_cli_missing_data_file_exits_2(ckpt, tmp_path, capsys, monkeypatch):
         main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "nope.txt"), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_pruned_vocabulary_is_scored_and_named(tmp_path, tiny_params):
+    from nanoslm.bins import tokenize
+    from nanoslm.tokenizer import label
+
+    from conftest import make_stories, write_txt
+
+    write_txt(tmp_path / "raw" / "train.txt", make_stories(60, seed=1))
+    write_txt(tmp_path / "raw" / "validation.txt", make_stories(6, seed=2))
+    meta = tokenize(tmp_path / "raw", tmp_path / "tokens", tiny_params.updated("tokenizer", vocab_size=300).tokenizer,
+                    threads=1)
+    cfg = GPTConfig(**{**CFG.__dict__, "vocab_size": 300})
+    torch.manual_seed(0)
+    path = tmp_path / "pruned.pt"
+    checkpoint.save(path, GPT(cfg), step=3, val_loss=5.0, tokenizer=meta["tokenizer"])
+    result = evaluate_checkpoint(path, tmp_path / "tokens", 8, CPU)
+    assert result["vocab_size"] == 300 and result["tokenizer"] == label(meta["tokenizer"])
+    assert result["tokenizer"].startswith("gpt2-300-") and result["bytes"] == meta["splits"]["validation"]["bytes"]
+    assert abs(result["val_loss"] - math.log(300)) < 0.2  # untrained: near uniform over 300 ids
+    assert evaluate_text_file(path, tmp_path / "raw" / "validation.txt", 8, CPU) == result
+
+    # the same model on GPT-2's bins (or bins of another pruned choice) is refused, not scored
+    gpt2_tokens = tmp_path / "gpt2-tokens"
+    tokenize(tmp_path / "raw", gpt2_tokens, tiny_params.tokenizer, threads=1)
+    with pytest.raises(UserError, match=r"trained with tokenizer 'gpt2-300-\w{8}' \(300 ids\) but .* holds tokens "
+                                        r"of 'gpt2' \(50257 ids\); rerun: dvc repro$"):
+        evaluate_checkpoint(path, gpt2_tokens, 8, CPU)
+    other = dict(meta["tokenizer"], ranks=meta["tokenizer"]["ranks"][:-1] + [meta["tokenizer"]["ranks"][-1] + 1])
+    checkpoint.save(path, GPT(cfg), step=3, val_loss=5.0, tokenizer=other)
+    with pytest.raises(UserError, match="trained with tokenizer 'gpt2-300-"):
+        evaluate_checkpoint(path, tmp_path / "tokens", 8, CPU)

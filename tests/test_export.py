@@ -2,7 +2,9 @@
 
 import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,15 +20,32 @@ from nanoslm.errors import UserError  # noqa: E402
 from nanoslm.export import export, gpt2_config, gpt2_weights  # noqa: E402
 from nanoslm.hardware import Hardware  # noqa: E402
 from nanoslm.model import GPT  # noqa: E402
-from nanoslm.tokenizer import EOT, get_encoding  # noqa: E402
+from nanoslm.sources import iter_txt_stories  # noqa: E402
+from nanoslm.tokenizer import EOT, N_VOCAB, encoding_for, get_encoding, gpt2_encoding, vocabulary  # noqa: E402
+from nanoslm.vocab import select_ranks  # noqa: E402
+
+from conftest import make_stories  # noqa: E402
 
 CPU = Hardware(torch.device("cpu"), torch.float32)
 ENC = get_encoding("gpt2")
-# bias: false exports zero biases; a padded vocabulary (50304) must survive
-VARIANTS = {"no-bias-padded": dict(bias=False, vocab_size=50304), "bias": dict(bias=True, vocab_size=50257)}
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinystories"
 
 
-def make(bias, vocab_size):
+def counts_of(texts):
+    counts = np.zeros(N_VOCAB, dtype=np.int64)
+    for ids in gpt2_encoding().encode_ordinary_batch(texts, num_threads=1):
+        counts += np.bincount(ids, minlength=N_VOCAB)
+    return counts
+
+
+# a pruned vocabulary chosen from generated stories: words outside them fall back to smaller pieces
+PRUNED = vocabulary(select_ranks(counts_of(make_stories(200, seed=4)), 1024))
+# bias: false exports zero biases; a padded vocabulary (50304, 1088) must survive
+VARIANTS = {"no-bias-padded": dict(bias=False, vocab_size=50304), "bias": dict(bias=True, vocab_size=50257),
+            "pruned-padded": dict(bias=False, vocab_size=1088, tokenizer=PRUNED)}
+
+
+def make(bias, vocab_size, tokenizer=None):
     """A small model with weights far from the init (an untrained model predicts nearly uniformly, which would
     hide mistakes): every parameter, biases and LayerNorm gains included, is random."""
     cfg = GPTConfig(block_size=32, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=bias)
@@ -41,21 +60,22 @@ def make(bias, vocab_size):
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def exported(request, tmp_path_factory):
-    """(our model, transformers' model, transformers' tokenizer, the export folder)."""
+    """(our model, transformers' model, transformers' tokenizer, the export folder, our encoding)."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp(request.param)
     model = make(**VARIANTS[request.param])
-    checkpoint.save(tmp / "best.pt", model, step=5, val_loss=3.5, tokenizer="gpt2")
+    value = VARIANTS[request.param].get("tokenizer", "gpt2")
+    checkpoint.save(tmp / "best.pt", model, step=5, val_loss=3.5, tokenizer=value)
     out = export(tmp / "best.pt", tmp / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    return model, hf, tok, out
+    return model, hf, tok, out, encoding_for(value)
 
 
 def test_logits_match_in_float32(exported):
-    model, hf, _, _ = exported
+    model, hf, _, _, enc = exported
     assert type(hf).__name__ == "GPT2LMHeadModel" and hf.dtype == torch.float32
-    ids = torch.randint(0, 50257, (3, model.config.block_size), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, enc.n_vocab, (3, model.config.block_size), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = model.hidden(ids) @ model.lm_head.weight.T
         theirs = hf(ids).logits
@@ -65,40 +85,77 @@ def test_logits_match_in_float32(exported):
 
 
 def test_greedy_generation_matches(exported):
-    model, hf, _, _ = exported
-    prompt = ENC.encode_ordinary("Once upon a time there was")
+    model, hf, _, _, enc = exported
+    prompt = enc.encode_ordinary("Once upon a time there was")
     n = model.config.block_size - len(prompt)  # transformers' GPT-2 cannot go past n_positions
-    engine = Engine(model, CPU, n_vocab=model.config.vocab_size)  # transformers may pick padded ids too
+    eot = enc.eot_token
+    engine = Engine(model, CPU, eot=eot, n_vocab=model.config.vocab_size)  # transformers may pick padded ids too
     (ours,) = engine.generate([prompt], Sampling(n, 0.0, None), generators(0, 1))
     with torch.no_grad():
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=EOT)
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=eot)
+    assert hf.generation_config.eos_token_id == eot
     theirs = out[0, len(prompt):].tolist()
-    theirs = theirs[: theirs.index(EOT)] if EOT in theirs else theirs
+    theirs = theirs[: theirs.index(eot)] if eot in theirs else theirs
     assert ours == theirs
     assert len(set(ours)) > 3  # a varied continuation, not one repeated token
 
 
 TEXTS = ["Once upon a time, there was a little girl named Lily.", "  two spaces,\nnew lines\n\n\tand a tab ",
          "A café, “quoted” 🎉 日本語 — naïve résumé", "don't won't I'm 1234567 3.14",
-         "story<|endoftext|>Next one"]
+         "story<|endoftext|>Next one", "Zyzzyva quixotically juxtaposed 88888888 pneumonoultramicroscopic",
+         "    four spaces\n\n\n\n   \t\t x  ", "\x00\x01\x7f control bytes, \u00a0nbsp, Ω≈ç√∫"]
 
 
 def test_tokenizer_gives_tiktokens_ids(exported):
-    _, _, tok, _ = exported
+    _, _, tok, _, enc = exported
     for text in TEXTS:
-        ids = ENC.encode(text, allowed_special="all")
+        ids = enc.encode(text, allowed_special="all")
         assert tok(text)["input_ids"] == ids, text
         assert tok.decode(ids) == text
-    assert tok.eos_token_id == tok.bos_token_id == EOT and len(tok) == 50257
+    eot = enc.eot_token
+    assert tok.eos_token_id == tok.bos_token_id == eot and len(tok) == enc.n_vocab
+    assert tok.decode([eot]) == "<|endoftext|>"
+
+
+def test_pruned_tokenizer_agrees_on_generated_text(exported):
+    """Random concatenations of the vocabulary's own tokens and odd characters: where merges could disagree."""
+    _, _, tok, _, enc = exported
+    if enc.n_vocab == N_VOCAB:
+        pytest.skip("GPT-2's own files: covered by the fixed texts")
+    rng = np.random.default_rng(0)
+    pieces = [enc.decode_single_token_bytes(i).decode("utf-8", errors="replace") for i in range(enc.n_vocab - 1)]
+    pieces += [" ", "  ", "\n", "é", "日本", "🎉", "0", "1", "'s", "!!", "..."]
+    texts = ["".join(rng.choice(pieces, size=rng.integers(1, 30))) for _ in range(2000)]
+    ours = enc.encode_ordinary_batch(texts, num_threads=1)
+    assert tok(texts)["input_ids"] == ours
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} (the shared TinyStories sample) is not on this machine")
+@pytest.mark.parametrize("K", [4096, 8192])
+def test_pruned_export_agrees_on_every_shared_story(K, tmp_path):
+    """Every story of the shared train and validation files: Hugging Face's ids are nanoslm's, and decode back."""
+    train = list(iter_txt_stories(SHARED / "train-sample.txt"))
+    valid = list(iter_txt_stories(SHARED / "validation.txt"))
+    value = vocabulary(select_ranks(counts_of(train), K))
+    enc = encoding_for(value)
+    checkpoint.save(tmp_path / "m.pt", make(bias=False, vocab_size=K), step=1, val_loss=1.0, tokenizer=value)
+    tok = transformers.AutoTokenizer.from_pretrained(export(tmp_path / "m.pt", tmp_path / "hf"))
+    for stories in (train, valid):
+        ours = enc.encode_ordinary_batch(stories, num_threads=2)
+        assert tok(stories)["input_ids"] == ours
+        assert [enc.decode(ids) for ids in ours] == stories
 
 
 def test_folder_contents(exported):
-    model, _, _, out = exported
+    model, _, _, out, enc = exported
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
     assert config["activation_function"] == "gelu"  # exact GELU, as Nano-SLM's MLP; GPT-2's own is gelu_new
     assert config["tie_word_embeddings"] is True and config["layer_norm_epsilon"] == 1e-5
     assert (config["vocab_size"], config["n_positions"]) == (model.config.vocab_size, model.config.block_size)
+    assert config["eos_token_id"] == config["bos_token_id"] == enc.eot_token
+    merges = (out / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges[0] == "#version: 0.2" and len(merges) == enc.n_vocab - 256
     assert sorted(p.name for p in out.parent.iterdir()) == ["best.pt", "hf"]  # no temporary folder left
 
 

@@ -29,7 +29,8 @@ import time
 import typing
 from pathlib import Path
 
-from .config import GPT2_VOCAB, Params
+from .config import Params
+from .tokenizer import N_VOCAB as GPT2_VOCAB
 from .errors import UserError
 
 PRESETS = {  # named overrides of params sections; "default" = the params file as it is

@@ -2,6 +2,10 @@
 
 A split's .bin is one EOT, then every story's tokens followed by EOT, so each story is preceded by EOT:
 a window starting at an EOT sees a story from its beginning.
+
+tokenizer.vocab_size 50257 is GPT-2's vocabulary (meta.json "tokenizer": "gpt2"); a smaller K first chooses a pruned
+GPT-2 vocabulary from the train split (nanoslm.vocab) and stores it whole in meta.json's "tokenizer" (see
+nanoslm.tokenizer), which the trainer copies into every checkpoint.
 """
 
 import itertools
@@ -18,10 +22,11 @@ from .atomic import atomic_path, write_json
 from .config import TokenizerConfig
 from .errors import UserError
 from .sources import SPLITS, iter_txt_stories
-from .tokenizer import get_encoding
+from .tokenizer import encoding_for, get_encoding
+from .vocab import choose_vocabulary
 
 FORMAT_VERSION = 1
-DTYPE = np.uint16  # GPT-2's 50,257 ids fit; half the bytes of int32
+DTYPE = np.uint16  # GPT-2's 50,257 ids (and any pruned vocabulary's) fit; half the bytes of int32
 
 
 def tokenize_split(txt_path, bin_path, enc: tiktoken.Encoding, batch_stories: int, threads: int) -> dict:
@@ -54,12 +59,17 @@ def tokenize_split(txt_path, bin_path, enc: tiktoken.Encoding, batch_stories: in
 
 def tokenize(raw_dir, out_dir, cfg: TokenizerConfig, threads: int) -> dict:
     """Tokenize raw_dir/{train,validation}.txt into out_dir/{train,validation}.bin and out_dir/meta.json."""
-    enc = get_encoding(cfg.name)
+    get_encoding(cfg.name)  # an unknown name fails before any work
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    train_txt = raw_dir / "train.txt"
+    if not train_txt.is_file():
+        raise UserError(f"{train_txt}: not found; run the download stage first: dvc repro download")
+    value = choose_vocabulary(train_txt, cfg.vocab_size, cfg.batch_stories, threads or os.cpu_count() or 1)
+    enc = encoding_for(value)
     splits = {split: tokenize_split(raw_dir / f"{split}.txt", out_dir / f"{split}.bin", enc, cfg.batch_stories,
                                     threads)
               for split in SPLITS}
-    meta = {"format_version": FORMAT_VERSION, "tokenizer": cfg.name, "vocab_size": enc.n_vocab,
+    meta = {"format_version": FORMAT_VERSION, "tokenizer": value, "vocab_size": enc.n_vocab,
             "eot_token": enc.eot_token, "dtype": np.dtype(DTYPE).name, "splits": splits}
     write_json(out_dir / "meta.json", meta)
     return meta

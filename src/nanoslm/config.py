@@ -14,9 +14,8 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .tokenizer import MIN_VOCAB, N_VOCAB
 
-GPT2_VOCAB = 50257  # ids in GPT-2's BPE (tiktoken's "gpt2"): the largest tokenizer.vocab_size
-MIN_VOCAB = 257  # GPT-2's 256 byte tokens and <|endoftext|>: the smallest vocabulary that encodes every text
 MAX_NEW_TOKENS = 10_000  # per story: far past any context here, and a bound for one request's work
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -97,9 +96,9 @@ class TokenizerConfig(_Section):
 
     def validate(self):
         self._one_of("name", TOKENIZERS)
-        if not MIN_VOCAB <= self.vocab_size <= GPT2_VOCAB:
+        if not MIN_VOCAB <= self.vocab_size <= N_VOCAB:
             self._fail("vocab_size", f"must be between {MIN_VOCAB} (GPT-2's 256 bytes and <|endoftext|>) and "
-                                     f"{GPT2_VOCAB} (all of GPT-2), got {self.vocab_size}")
+                                     f"{N_VOCAB} (all of GPT-2), got {self.vocab_size}")
         self._positive("batch_stories")
 
 

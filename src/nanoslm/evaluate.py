@@ -17,7 +17,7 @@ from . import bins, checkpoint, hardware
 from .batches import windows
 from .errors import UserError
 from .model import GPT
-from .tokenizer import get_encoding
+from .tokenizer import encoding_for, label, vocab_size_of
 
 
 def split_nll(model: GPT, tokens: np.ndarray, batch_size: int, hw: hardware.Hardware) -> float:
@@ -64,8 +64,9 @@ def evaluate_checkpoint(checkpoint_path, tokens_dir, batch_size: int, hw: hardwa
     model, state = checkpoint.load_model(checkpoint_path, hw.device)
     meta = bins.read_meta(tokens_dir)
     if state["tokenizer"] != meta["tokenizer"]:
-        raise UserError(f"{checkpoint_path}: trained with tokenizer {state['tokenizer']!r} but {tokens_dir} holds "
-                        f"{meta['tokenizer']!r} tokens; rerun: dvc repro")
+        raise UserError(f"{checkpoint_path}: trained with tokenizer {label(state['tokenizer'])!r} "
+                        f"({vocab_size_of(state['tokenizer'])} ids) but {tokens_dir} holds tokens of "
+                        f"{label(meta['tokenizer'])!r} ({vocab_size_of(meta['tokenizer'])} ids); rerun: dvc repro")
     tokens = bins.load_split(tokens_dir, split)
     return _score(model, state, tokens, meta["splits"][split]["bytes"], batch_size, hw)
 
@@ -75,11 +76,15 @@ def evaluate_text_file(checkpoint_path, data_file, batch_size: int, hw: hardware
     model, state = checkpoint.load_model(checkpoint_path, hw.device)
     with tempfile.TemporaryDirectory(prefix="nanoslm-eval-") as tmp:
         bin_path = Path(tmp) / "data.bin"
-        stats = bins.tokenize_split(data_file, bin_path, get_encoding(state["tokenizer"]), 1024, 0)
+        enc = encoding_for(state["tokenizer"], source=checkpoint_path)
+        stats = bins.tokenize_split(data_file, bin_path, enc, 1024, 0)
         tokens = np.fromfile(bin_path, dtype=bins.DTYPE)
     return _score(model, state, tokens, stats["bytes"], batch_size, hw)
 
 
 def _score(model: GPT, state: dict, tokens: np.ndarray, text_bytes: int, batch_size: int,
            hw: hardware.Hardware) -> dict:
-    return {**metrics(split_nll(model, tokens, batch_size, hw), len(tokens) - 1, text_bytes), "step": state["step"]}
+    """metrics() plus the checkpoint's step and the vocabulary the numbers belong to (bits_per_byte compares across
+    vocabularies; val_loss and perplexity are per token, so only within one)."""
+    return {**metrics(split_nll(model, tokens, batch_size, hw), len(tokens) - 1, text_bytes), "step": state["step"],
+            "tokenizer": label(state["tokenizer"]), "vocab_size": vocab_size_of(state["tokenizer"])}

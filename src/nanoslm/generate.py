@@ -13,13 +13,13 @@ from . import checkpoint, hardware
 from .atomic import write_text
 from .config import SampleConfig, Sampling
 from .engine import Engine, collect, generators
-from .tokenizer import get_encoding
+from .tokenizer import encoding_for
 
 
 def load_engine(checkpoint_path, hw: hardware.Hardware) -> tuple[Engine, tiktoken.Encoding, dict]:
     """An Engine on the checkpoint's model, its tokenizer, and the checkpoint's metadata."""
     model, state = checkpoint.load_model(checkpoint_path, hw.device)
-    enc = get_encoding(state["tokenizer"])
+    enc = encoding_for(state["tokenizer"], source=checkpoint_path)
     return Engine(model, hw, eot=enc.eot_token, n_vocab=enc.n_vocab), enc, state
 
 

