@@ -131,8 +131,11 @@ def test_missing_bin_and_old_meta_are_rejected(tokens):
         read_meta(tokens)
 
 
-def test_dtype_holds_every_gpt2_id():
-    assert np.iinfo(bins.DTYPE).max >= gpt2_encoding().n_vocab - 1
+def test_the_highest_gpt2_ids_survive_the_bin(tmp_path):
+    """GPT-2's last ordinary token (50255, ' gazed') and <|endoftext|> (50256) come back from the uint16 file."""
+    write_hub_txt(tmp_path / "train.txt", ["She gazed"])
+    tokenize_split(tmp_path / "train.txt", tmp_path / "train.bin", gpt2_encoding(), batch_stories=1, threads=1)
+    assert np.fromfile(tmp_path / "train.bin", dtype=bins.DTYPE).tolist() == [EOT, 3347, 50255, EOT]
 
 
 def test_pruned_vocabulary_is_chosen_from_train_and_stored_in_meta(raw, tmp_path):
