@@ -106,3 +106,17 @@ def test_optimizer_groups():
         n for n, p in model.named_parameters() if n.endswith("weight") and "ln_" not in n}
     assert any(named[id(p)].endswith("c_attn.bias") for p in no_decay["params"])
     assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_flops_per_token_matches_a_count_of_the_matmuls():
+    """6 FLOPs per weight and token plus attention over the full block, against torch's own FLOP counter."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = GPTConfig(block_size=32, vocab_size=512, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False)
+    model = make(cfg).train()
+    idx = tokens(1, cfg.block_size, vocab=cfg.vocab_size)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # attention as plain matmuls
+        model(idx, idx).backward()
+    norm_weights = sum(p.numel() for n, p in model.named_parameters() if "ln_" in n)  # no matmul: not counted
+    assert counter.get_total_flops() / cfg.block_size == model.flops_per_token() - 6 * norm_weights

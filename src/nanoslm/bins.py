@@ -78,8 +78,12 @@ def read_meta(tokens_dir) -> dict:
     return meta
 
 
-def load_split(tokens_dir, split: str) -> np.memmap:
-    """Memory-map a split's tokens read-only, after checking the file against meta.json."""
+def load_split(tokens_dir, split: str, block_size: int | None = None) -> np.memmap:
+    """Memory-map a split's tokens read-only, after checking the file against meta.json.
+
+    With block_size (train and bench), also refuse a split too short for one window of block_size
+    inputs and their targets, or holding an id past meta.json's vocabulary (one pass over the file).
+    """
     meta = read_meta(tokens_dir)
     path = Path(tokens_dir) / f"{split}.bin"
     if not path.is_file():
@@ -93,4 +97,34 @@ def load_split(tokens_dir, split: str) -> np.memmap:
     if size // itemsize != expected:
         raise UserError(f"{path}: holds {size // itemsize} tokens but meta.json says {expected}; "
                         f"rerun: dvc repro --force tokenize")
-    return np.memmap(path, dtype=DTYPE, mode="r")
+    data = np.memmap(path, dtype=DTYPE, mode="r")
+    if block_size is not None:
+        check_windows(data, split, block_size, meta["vocab_size"], path)
+    return data
+
+
+def min_tokens(block_size: int) -> int:
+    """The fewest tokens a split needs for training: one window of block_size inputs, shifted by one for targets."""
+    return block_size + 1
+
+
+def check_windows(data: np.ndarray, split: str, block_size: int, vocab_size: int, path) -> None:
+    """Refuse tokens that cannot feed the model: too few for one window, or an id past the vocabulary."""
+    if len(data) < min_tokens(block_size):
+        raise UserError(f"{path}: the {split} split has {len(data)} tokens, too few for model.block_size "
+                        f"{block_size} (one window needs {min_tokens(block_size)}); lower model.block_size or "
+                        f"tokenize more stories (data.max_train_stories, data.max_val_stories)")
+    top = int(data.max())  # an id past the embedding would crash mid-run
+    if top >= vocab_size:
+        raise UserError(f"{path}: token id {top} is not below the tokenizer's {vocab_size} ids, so the file is "
+                        f"damaged; rerun: dvc repro --force tokenize")
+
+
+def check_tokenizer(meta: dict, tokenizer: TokenizerConfig, vocab_size: int, tokens_dir) -> None:
+    """Refuse tokens made by another tokenizer than params' tokenizer section, or with more ids than the model has."""
+    if meta["tokenizer"] != tokenizer.name:
+        raise UserError(f"{tokens_dir}/meta.json: tokens are from tokenizer {meta['tokenizer']!r} but tokenizer.name "
+                        f"is {tokenizer.name!r}; rerun: dvc repro tokenize")
+    if meta["vocab_size"] > vocab_size:
+        raise UserError(f"{tokens_dir}/meta.json: tokenizer has {meta['vocab_size']} ids but model.vocab_size is "
+                        f"{vocab_size}; set model.vocab_size to at least {meta['vocab_size']}")

@@ -105,6 +105,20 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward):
+
+            6 * (N + n_embd * vocab_size) + 12 * n_layer * n_embd * block_size
+
+        N is the parameter count outside the two embedding tables; n_embd * vocab_size is the LM head's
+        matmul (tied to the token embedding, so not in N). Each weight costs 2 FLOPs per token forward and
+        4 backward. The last term is attention's QK^T and AV (2 * 2 * n_embd * block_size per token and
+        layer forward, x3 with backward), counted over the full block as nanoGPT and PaLM do.
+        """
+        cfg = self.config
+        matmuls = self.num_params(embeddings=False) + cfg.n_embd * cfg.vocab_size
+        return 6 * matmuls + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
     def hidden(self, idx, kv_cache=None):
         """Final hidden states (B, T, n_embd) for token ids (B, T).
 
