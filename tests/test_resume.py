@@ -145,15 +145,37 @@ def test_a_finished_run_is_not_resumed(tmp_path, tokens):
     assert "that run finished (step 40); starting fresh" in again.stderr
 
 
-def test_a_truncated_checkpoint_is_refused(tmp_path, tokens):
-    cwd = workdir(tmp_path, "truncated")
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_checkpoint_is_moved_aside_and_training_starts_fresh(tmp_path, tokens, reference, damage):
+    cwd = workdir(tmp_path, damage)
     assert run_stage(cwd, tokens, fault="kill@step:17").returncode == -signal.SIGKILL
     last = cwd / "models/last.pt"
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    damaged = last.read_bytes()[: last.stat().st_size // 2] if damage == "truncate" else b"\x00garbage" * 100
+    last.write_bytes(damaged)
+    result = run_stage(cwd, tokens)  # what `dvc repro --force train` runs
+    assert result.returncode == 0, result.stderr
+    assert ("models/last.pt: not a readable checkpoint (truncated or corrupt); train a new one: dvc repro --force "
+            "train (cause: ") in result.stderr
+    assert "; moved it to models/last.pt.damaged and starting fresh" in result.stderr
+    assert "resuming" not in result.stderr
+    assert (cwd / "models/last.pt.damaged").read_bytes() == damaged
+    same(finished(cwd, tokens), reference)  # a fresh start is the uninterrupted run
+
+
+def test_a_checkpoint_holding_pickled_code_is_refused_not_moved(tmp_path, tokens):
+    cwd = workdir(tmp_path, "pickled")
+    assert run_stage(cwd, tokens, fault="kill@step:17").returncode == -signal.SIGKILL
+    last = cwd / "models/last.pt"
+    state = torch.load(last, weights_only=True)
+    state["extra"] = Path("anything")  # a Python object: weights_only refuses it
+    torch.save(state, last)
     result = run_stage(cwd, tokens)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()[-1:]
-    assert line.startswith("error: models/last.pt: not a readable checkpoint (truncated or corrupt")
+    assert line.startswith("error: models/last.pt: refused to load it, because it holds Python objects (pathlib.")
+    assert line.endswith("could run code. Use a checkpoint written by Nano-SLM, or train a new one: "
+                         "dvc repro --force train")
+    assert last.is_file() and not (cwd / "models/last.pt.damaged").exists()
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, tokens):

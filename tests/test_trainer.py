@@ -10,7 +10,8 @@ from nanoslm import checkpoint
 from nanoslm.config import load_params
 from nanoslm.errors import UserError
 from nanoslm.batches import windows
-from nanoslm.trainer import check_data, lr_at, train
+from nanoslm.bins import check_windows, min_tokens
+from nanoslm.trainer import lr_at, train
 
 from conftest import REPO, make_stories, write_txt
 
@@ -59,13 +60,31 @@ def test_windows_targets_are_shifted_by_one():
         assert y[row].tolist() == data[o + 1:o + 9].tolist()
 
 
-def test_check_data():
-    ok, short = np.zeros(9, np.uint16), np.zeros(8, np.uint16)
-    check_data(ok, ok, block_size=8)  # block_size + 1 tokens: one window
-    with pytest.raises(UserError, match="train split has 8 tokens"):
-        check_data(short, ok, block_size=8)
-    with pytest.raises(UserError, match="validation split has 8 tokens.*model.block_size 8"):
-        check_data(ok, short, block_size=8)
+def test_one_window_is_the_fewest_tokens_train_and_bench_accept():
+    block = 8
+    assert min_tokens(block) == block + 1
+    check_windows(np.zeros(block + 1, np.uint16), "train", block, 50257, "train.bin")  # one window and its targets
+    with pytest.raises(UserError, match=r"train.bin: the train split has 8 tokens, too few for model.block_size 8 "
+                                        r"\(one window needs 9\)"):
+        check_windows(np.zeros(block, np.uint16), "train", block, 50257, "train.bin")
+    with pytest.raises(UserError, match="token id 50257 is not below the tokenizer's 50257 ids"):
+        check_windows(np.full(block + 1, 50257, np.uint16), "validation", block, 50257, "validation.bin")
+
+
+def test_bench_and_train_refuse_the_same_short_split(tokens_dir):
+    """One check, one message: bench's tokens dir and train's data go through bins.load_split(block_size=...)."""
+    from nanoslm import bench, bins
+    from nanoslm.config import load_params
+
+    n = len(bins.load_split(tokens_dir, "train"))
+    params = load_params(REPO / "params-ci.yaml").updated("model", block_size=n)
+    with pytest.raises(UserError) as from_bench:
+        bench.run_bench(params, only="train", tokens_dir=tokens_dir)
+    with pytest.raises(UserError) as from_train:
+        bins.load_split(tokens_dir, "train", block_size=n)
+    assert str(from_bench.value) == str(from_train.value)
+    assert f"has {n} tokens, too few for model.block_size {n}" in str(from_train.value)
+    assert len(bins.load_split(tokens_dir, "train", block_size=n - 1)) == n  # exactly one window fits
 
 
 # ---- train() end to end: two identical tiny runs, shared by the tests below ----
