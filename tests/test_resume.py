@@ -178,9 +178,24 @@ def test_a_checkpoint_holding_pickled_code_is_refused_not_moved(tmp_path, tokens
     assert last.is_file() and not (cwd / "models/last.pt.damaged").exists()
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, tokens):
+def test_muon_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tokens):
+    """Muon's momentum buffers are in last.pt too (and the wsd schedule resumes like the cosine)."""
+    recipe = {"train.optimizer": "muon", "train.muon_lr": 0.02, "train.schedule": "wsd"}
+    uninterrupted = workdir(tmp_path, "muon", **recipe)
+    assert run_stage(uninterrupted, tokens).returncode == 0
+    cwd = workdir(tmp_path, "muon-killed", **recipe)
+    assert run_stage(cwd, tokens, fault="kill@step:17").returncode == -signal.SIGKILL
+    resumed = run_stage(cwd, tokens)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from models/last.pt at step 10 of 40" in resumed.stderr
+    same(finished(cwd, tokens), finished(uninterrupted, tokens))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_gloo_processes_match_one_process(tmp_path, tokens, optimizer):
     # dropout off: with it, each rank draws its own masks, so the runs would differ by design
-    changes = {"train.grad_accum_steps": 2, "train.max_iters": 20, "train.lr_decay_iters": 20, "model.dropout": 0.0}
+    changes = {"train.grad_accum_steps": 2, "train.max_iters": 20, "train.lr_decay_iters": 20, "model.dropout": 0.0,
+               "train.optimizer": optimizer}
     single = workdir(tmp_path, "single", **changes)
     ddp = workdir(tmp_path, "ddp", **changes, **{"hardware.nproc_per_node": 2})
     results = {cwd: run_stage(cwd, tokens) for cwd in (single, ddp)}

@@ -59,6 +59,10 @@ class TrainConfig:
     log_interval: int
     checkpoint_interval: int  # steps between resumable checkpoints (models/last.pt)
     seed: int
+    optimizer: str  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
+    muon_lr: float  # Muon's peak learning rate (optimizer: muon); lr stays AdamW's
+    schedule: str  # cosine | wsd (warmup, stable at the peak, linear decay over the last decay_frac)
+    decay_frac: float  # wsd: fraction of lr_decay_iters spent decaying to min_lr
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class Params:
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZERS = ("gpt2",)
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 def load_params(path="params.yaml") -> Params:
@@ -230,6 +236,15 @@ def _check(p: Params, source) -> None:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(tr, name) < 1:
             fail(f"train.{name}", f"must be in [0, 1), got {getattr(tr, name)}")
+    # -- training recipe levers (train.optimizer, train.schedule) --
+    if tr.optimizer not in OPTIMIZERS:
+        fail("train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {tr.optimizer!r}")
+    positive("train", tr, "muon_lr")
+    if tr.schedule not in SCHEDULES:
+        fail("train.schedule", f"must be one of {', '.join(SCHEDULES)}, got {tr.schedule!r}")
+    if not 0 < tr.decay_frac <= 1:
+        fail("train.decay_frac", f"must be in (0, 1], got {tr.decay_frac}")
+    # -- end of the training recipe levers --
     positive("eval", ev, "batch_size")
     if not s.prompts:
         fail("sample.prompts", "is empty; list at least one prompt")

@@ -1,10 +1,12 @@
-"""The train stage: AdamW with warmup + cosine decay on random windows of the train tokens.
+"""The train stage: AdamW (or Muon for the blocks' matrices) on random windows of the train tokens, with a
+linear warmup and a cosine or warmup-stable-decay (wsd) schedule.
 
 Validation runs on one fixed set of windows (drawn once from the seed), so every evaluation, and
-every experiment with the same seed and data, scores the very same tokens.
+every experiment with the same seed and data, scores the very same tokens; its loss is logged in nats
+(val/loss) and as estimated bits per byte (val/bpb, the headline figure; see Validation.bits_per_byte).
 
 Resumable exactly: models/last.pt holds everything that decides the rest of the run (weights,
-optimizer, GradScaler, every RNG, the batch sampler, the partly summed loss of the current log
+optimizers, GradScaler, every RNG, the batch sampler, the partly summed loss of the current log
 window, the best validation loss and the logged history). A run killed at any point and started
 again continues from it and ends bit-for-bit where an uninterrupted run ends (on CPU).
 """
@@ -15,6 +17,7 @@ import os
 import random
 import signal
 import sys
+import textwrap
 import time
 import warnings
 from contextlib import nullcontext
@@ -32,25 +35,50 @@ from .model import GPT
 from .plotting import plot_loss
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, cosine decay, then flat at min_lr."""
+def lr_at(step: int, tc: TrainConfig, peak: float | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based) on train.schedule, for the optimizer whose peak is `peak`
+    (default train.lr; its end is min_lr scaled alike): a linear warmup, then
+
+    - cosine: a cosine decay from the peak to the end at lr_decay_iters;
+    - wsd: flat at the peak, then a linear decay to the end over the last decay_frac of lr_decay_iters;
+
+    and flat at the end afterwards.
+    """
+    lr, min_lr = (tc.lr, tc.min_lr) if peak is None else (peak, tc.min_lr * peak / tc.lr)
     if step < tc.warmup_iters:
-        return tc.lr * (step + 1) / (tc.warmup_iters + 1)
+        return lr * (step + 1) / (tc.warmup_iters + 1)
     if step >= tc.lr_decay_iters:
-        return tc.min_lr
+        return min_lr
+    if tc.schedule == "wsd":
+        decay_start = max(tc.warmup_iters, tc.lr_decay_iters - round(tc.decay_frac * tc.lr_decay_iters))
+        if step < decay_start:
+            return lr
+        return lr + (step - decay_start) / (tc.lr_decay_iters - decay_start) * (min_lr - lr)
     progress = (step - tc.warmup_iters) / max(1, tc.lr_decay_iters - tc.warmup_iters)
-    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.lr - tc.min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def optimizer_step(forward, optimizer, scaler, micro_batches, lr: float, grad_clip: float,
+def lrs_at(step: int, tc: TrainConfig) -> list[float]:
+    """Each optimizer's learning rate at `step`, in GPT.optimizers' order: AdamW's, then Muon's with muon."""
+    return [lr_at(step, tc)] + ([lr_at(step, tc, tc.muon_lr)] if tc.optimizer == "muon" else [])
+
+
+def make_optimizers(model: GPT, tc: TrainConfig, hw: hardware.Hardware) -> list[torch.optim.Optimizer]:
+    """train.optimizer's optimizers for `model`: [AdamW] or [AdamW, Muon]."""
+    return model.optimizers(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=hw.device_type == "cuda",
+                            muon_lr=tc.muon_lr if tc.optimizer == "muon" else None)
+
+
+def optimizer_step(forward, optimizers, scaler, micro_batches, lrs, grad_clip: float,
                    hw: hardware.Hardware) -> torch.Tensor:
     """One optimizer step over gradient-accumulation micro-batches; returns their mean loss (a tensor, no sync).
 
-    Under DDP, gradients are all-reduced once, on the last micro-batch.
+    optimizers[i] runs at lrs[i]. Under DDP, gradients are all-reduced once, on the last micro-batch.
     """
     micro_batches = list(micro_batches)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for optimizer, lr in zip(optimizers, lrs, strict=True):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     total = torch.zeros((), device=hw.device)
     for i, (x, y) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -59,11 +87,14 @@ def optimizer_step(forward, optimizer, scaler, micro_batches, lr: float, grad_cl
         scaler.scale(loss).backward()
         total += loss.detach()
     if grad_clip:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-    scaler.step(optimizer)
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for o in optimizers for g in o.param_groups for p in g["params"]], grad_clip)
+    for optimizer in optimizers:
+        scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     return total
 
 
@@ -98,7 +129,7 @@ class Progress:
 
 
 class TrainState:
-    """Everything that decides the rest of a run: model, optimizer, GradScaler, batch sampler, progress and this
+    """Everything that decides the rest of a run: model, optimizers, GradScaler, batch sampler, progress and this
     rank's loss window (the RNGs are global). save() writes it all to last.pt; resume() reads it all back."""
 
     def __init__(self, params: Params, meta: dict, hw: hardware.Hardware, ranks: distributed.Ranks):
@@ -106,8 +137,7 @@ class TrainState:
         self.hw, self.ranks, self.tokenizer = hw, ranks, meta["tokenizer"]
         self.fingerprint = fingerprint(params, meta, hw, ranks.world_size)
         self.model = GPT(params.model).to(hw.device)
-        self.optimizer = self.model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2),
-                                              fused=hw.device_type == "cuda")
+        self.optimizers = make_optimizers(self.model, tc, hw)
         self.scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
         self.sampler = np.random.default_rng(tc.seed)  # one global batch sampler, identical on every rank
         self.progress = Progress()
@@ -135,7 +165,7 @@ class TrainState:
         if self.ranks.is_main:
             p = self.progress
             checkpoint.save(path, self.model, step=p.step, val_loss=p.val_points[-1][1], tokenizer=self.tokenizer,
-                            training={"fingerprint": self.fingerprint, "optimizer": self.optimizer.state_dict(),
+                            training={"fingerprint": self.fingerprint, "optimizers": [o.state_dict() for o in self.optimizers],
                                       "scaler": self.scaler.state_dict(), "sampler": self.sampler.bit_generator.state,
                                       "ranks": rank_states, "progress": dataclasses.asdict(p)})
 
@@ -166,7 +196,8 @@ class TrainState:
             say(f"{path}: that run finished (step {state['step']}); starting fresh")
             return -1
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(training["optimizer"])
+        for optimizer, saved in zip(self.optimizers, training["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
         self.scaler.load_state_dict(training["scaler"])
         self.sampler.bit_generator.state = training["sampler"]
         self._restore_rank_state(training["ranks"][self.ranks.rank])
@@ -199,10 +230,17 @@ class TrainState:
 class Validation:
     """The fixed validation windows, drawn once from the seed: every evaluation scores the very same tokens."""
 
-    def __init__(self, data: np.ndarray, tc: TrainConfig, block_size: int, hw: hardware.Hardware):
+    def __init__(self, data: np.ndarray, tc: TrainConfig, block_size: int, hw: hardware.Hardware, split: dict):
         self.data, self.block_size, self.hw = data, block_size, hw
         self.offsets = step_offsets(np.random.default_rng(tc.seed + 1), data, tc.eval_iters, tc.batch_size,
                                     block_size)
+        # meta.json's {"tokens", "bytes"} of the split: its targets per UTF-8 byte, as evaluate counts them
+        self._targets_per_byte = (split["tokens"] - 1) / split["bytes"] if split["bytes"] else math.nan
+
+    def bits_per_byte(self, loss: float) -> float:
+        """An estimate of the split's bits per byte from the windows' mean loss (nats per token): the loss in bits
+        times the whole split's tokens per byte. The evaluate stage's bits_per_byte is the exact whole-split one."""
+        return loss / math.log(2) * self._targets_per_byte
 
     def loss(self, forward, model: GPT) -> float:
         """Mean loss over the windows, through `forward` (the model, maybe compiled) in eval mode."""
@@ -269,13 +307,13 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[ranks.local_rank] if hw.device_type == "cuda" else None)
-    validation = Validation(val_data, tc, cfg.block_size, hw)
+    validation = Validation(val_data, tc, cfg.block_size, hw, meta["splits"]["validation"])
     per_rank = tc.grad_accum_steps // ranks.world_size
     tokens_per_step = tc.batch_size * tc.grad_accum_steps * cfg.block_size
     say(f"training {model.num_params() / 1e6:.2f}M parameters ({model.num_params(embeddings=False) / 1e6:.2f}M "
         f"outside the embeddings) on {hw.device} x{ranks.world_size} in {str(hw.dtype).removeprefix('torch.')}, "
         f"{tokens_per_step} tokens per step")
-    stop, live = _StopRequest(), _live(live_dir, state.progress) if ranks.is_main else None
+    stop, live = _StopRequest(), _live(live_dir, state.progress, validation) if ranks.is_main else None
     bar = tqdm(total=tc.max_iters, initial=state.progress.step, desc="train", unit="step", file=sys.stderr,
                disable=not ranks.is_main)
     interrupted = False
@@ -288,9 +326,10 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
                 paused = time.perf_counter()
                 if ranks.is_main and (step % tc.eval_interval == 0 or step == tc.max_iters):
                     val = validation.loss(evaluator, model)
-                    _log(live, step, {"val/loss": val})
+                    bpb = validation.bits_per_byte(val)
+                    _log(live, step, {"val/loss": val}, {"val/bpb": bpb})
                     state.add_val_point(step, val, best_path)
-                    bar.set_postfix(val=f"{val:.3f}", refresh=False)
+                    bar.set_postfix(val=f"{val:.3f}", val_bpb=f"{bpb:.3f}", refresh=False)
                 if step > 0 and (step % tc.checkpoint_interval == 0 or step == tc.max_iters):
                     state.save(last_path)
                     saved = True
@@ -307,8 +346,8 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
             offsets = step_offsets(state.sampler, train_data, tc.grad_accum_steps, tc.batch_size, cfg.block_size)
             micro_batches = (windows(train_data, o, cfg.block_size, hw.device)
                              for o in offsets[ranks.rank * per_rank:][:per_rank])
-            state.window_loss += optimizer_step(forward, state.optimizer, state.scaler, micro_batches,
-                                                lr_at(step, tc), tc.grad_clip, hw)
+            state.window_loss += optimizer_step(forward, state.optimizers, state.scaler, micro_batches,
+                                                lrs_at(step, tc), tc.grad_clip, hw)
             state.progress.window_steps += 1
             state.progress.step = step = step + 1
             bar.update()
@@ -319,7 +358,9 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
                 state.progress.train_points.append((step, train_loss))
                 _log(live, step, {"train/loss": train_loss},
                      {"lr": lr_at(step - 1, tc), "tokens": step * tokens_per_step, "tokens_per_sec": tok_s})
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{state.progress.best_val:.3f}")
+                best = state.progress.best_val
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{best:.3f}",
+                                val_bpb=f"{validation.bits_per_byte(best):.3f}")
                 window_start = time.perf_counter()
     finally:
         stop.restore()
@@ -346,7 +387,7 @@ def _changes(old: dict, new: dict, prefix: str = "") -> str:
     return ", ".join(diffs[:4])
 
 
-def _live(live_dir, progress: Progress):
+def _live(live_dir, progress: Progress, validation: Validation):
     """A dvclive logger; on resume the curves so far are written again from the checkpoint's history,
     so they continue exactly (points logged after that checkpoint are not kept)."""
     from dvclive import Live  # slow import; only the train stage needs it
@@ -358,7 +399,8 @@ def _live(live_dir, progress: Progress):
     for step, loss in progress.val_points:
         history.setdefault(step, {})["val/loss"] = loss
     for step in sorted(history):
-        _log(live, step, history[step])
+        loss = history[step].get("val/loss", math.nan)
+        _log(live, step, history[step], {"val/bpb": validation.bits_per_byte(loss)})
     return live
 
 
@@ -369,7 +411,8 @@ def _log(live, step: int, curves: dict, summary_only: dict | None = None) -> Non
     for name, value in curves.items():
         live.log_metric(name, value)
     for name, value in (summary_only or {}).items():  # metrics.json only: dvc.yaml declares just the loss curves
-        live.log_metric(name, value, plot=False)
+        if not math.isnan(value):  # NaN: no value (a split of no bytes has no bits per byte)
+            live.log_metric(name, value, plot=False)
     live.next_step()
 
 
@@ -400,15 +443,22 @@ def _printer(ranks):
 
 
 def maybe_compile(model: GPT, enabled: bool):
-    """torch.compile'd forward when asked and it works here; otherwise the eager model, with a warning."""
+    """torch.compile'd model when asked and it works here; otherwise the eager model, with one warning.
+
+    A trial forward finds out (inductor fails at the first call when there is no C++ compiler, say). It runs
+    under a forked RNG, so dropout in it draws nothing from the run's random streams: resume stays exact.
+    """
     if not enabled:
         return model
+    device = next(model.parameters()).device
     try:
         compiled = torch.compile(model)
-        with torch.no_grad():
-            idx = torch.zeros((1, 8), dtype=torch.long, device=next(model.parameters()).device)
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            idx = torch.zeros((1, 8), dtype=torch.long, device=device)
             compiled(idx, idx)
         return compiled
     except Exception as err:  # compile needs a C++ toolchain and more; training must not depend on it
-        warnings.warn(f"torch.compile failed, running without it: {str(err).splitlines()[0][:200]}")
+        cause = textwrap.shorten(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
+                                 width=200, placeholder="...")
+        warnings.warn(f"torch.compile failed, running without it: {cause}", stacklevel=2)
         return model
