@@ -56,6 +56,47 @@ def test_fast_path_loss_matches_the_reference_loop(result):
     assert result["loss_diff"] == max(result["loss_diff_first"], result["loss_diff_last"])
 
 
+def test_at_gpt2s_vocabulary_the_reference_is_the_same_vocab_one(result):
+    assert result["reference"]["model"]["vocab_size"] == result["model"]["vocab_size"] == 50257
+    assert "reference_same_vocab" not in result
+    assert result["speedup_same_vocab"] == result["speedup_vs_reference"]
+    assert result["train"]["optimizer"] == "adamw"
+
+
+@pytest.fixture(scope="module", params=["adamw", "muon"])
+def small_vocab(request):
+    """The fast path at a 4,096-id vocabulary (as a pruned tokenizer gives) with AdamW or Muon: train phases only."""
+    params = bench.apply_preset(load_params(REPO / "params-ci.yaml"), "tiny")
+    params = params.updated("model", vocab_size=4096).updated("train", optimizer=request.param)
+    params = params.updated("hardware", threads=1)
+    return request.param, bench.run_bench(params, "default", steps=1, only="train")
+
+
+def test_the_reference_keeps_gpt2s_full_vocabulary_and_a_second_one_matches_the_params(small_vocab):
+    optimizer, r = small_vocab
+    assert r["reference"]["model"]["vocab_size"] == 50257
+    assert r["reference_same_vocab"]["model"]["vocab_size"] == r["model"]["vocab_size"] == 4096
+    assert "below 50,257" in r["reference"]["data"] and "below 4,096" in r["data"]  # ids each model can embed
+    assert r["reference_same_vocab"]["data"] == r["data"]  # the same batches
+    for key in ("speedup_vs_reference", "speedup_same_vocab"):
+        assert math.isfinite(r[key]) and r[key] > 0
+    assert r["speedup_vs_reference"] == r["train"]["tokens_per_sec"] / r["reference"]["tokens_per_sec"]
+    assert r["speedup_same_vocab"] == (r["train"]["tokens_per_sec"] /
+                                       r["reference_same_vocab"]["tokens_per_sec"])
+    assert r["train"]["optimizer"] == optimizer
+    assert "4,096 ids" in bench.format_table(r) and "50,257 ids" in bench.format_table(r)
+
+
+def test_numerics_compare_like_with_like(small_vocab):
+    optimizer, r = small_vocab
+    if optimizer == "adamw":  # against the same-vocabulary reference: same weights, batches and optimizer
+        assert r["reference_same_vocab"]["losses"][0] == pytest.approx(r["train"]["losses"][0], abs=0.01)
+        assert r["numerics_ok"] is True and r["loss_diff"] <= bench.LOSS_TOLERANCE
+    else:
+        assert r["numerics_ok"] is None and r["loss_diff"] is None
+        assert "muon" in r["numerics_note"] and "not compared" in bench.format_table(r)
+
+
 def test_table_names_every_phase(result):
     table = bench.format_table(result)
     for word in ("train", "reference", "speedup", "tokenize", "sample", "MFU", "GB"):

@@ -51,7 +51,11 @@ def _dtype_name(dtype) -> str:
 
 
 def _train_setup(spec: dict, fast: bool):
-    """Hardware, the seeded model and every step's window offsets: identical for both loops."""
+    """Hardware, the seeded model and every step's window offsets: identical for loops of the same vocabulary.
+
+    The reference loop's vocabulary is spec["vocab_size"] (GPT-2's full one, or the params' own). Batches come
+    from spec["tokens_dir"] when all its ids fit the model's vocabulary, else from random ids below it.
+    """
     import numpy as np
     import torch
 
@@ -60,6 +64,8 @@ def _train_setup(spec: dict, fast: bool):
     from ..batches import step_offsets
 
     params = _params_from_dict(spec["params"])
+    if not fast:
+        params = params.updated("model", vocab_size=spec["vocab_size"])
     tc, cfg = params.train, params.model
     hw = hardware.setup(params.hardware)
     if not fast:
@@ -67,11 +73,12 @@ def _train_setup(spec: dict, fast: bool):
         torch.set_float32_matmul_precision("highest")
     elif hw.device_type == "cpu":
         hardware.keep_freed_memory()  # as the train stage does; this process only
-    if spec["tokens_dir"]:
-        data = bins.load_split(spec["tokens_dir"], "train")
+    if spec["tokens_dir"] and bins.read_meta(spec["tokens_dir"])["vocab_size"] <= cfg.vocab_size:
+        data, source = bins.load_split(spec["tokens_dir"], "train"), spec["tokens_dir"]
     else:
-        data = np.random.default_rng(tc.seed + 2).integers(0, GPT2_VOCAB, size=max(1 << 20, 4 * cfg.block_size),
-                                                           dtype=np.uint16)
+        data = np.random.default_rng(tc.seed + 2).integers(0, min(cfg.vocab_size, GPT2_VOCAB),
+                                                           size=max(1 << 20, 4 * cfg.block_size), dtype=np.uint16)
+        source = f"random token ids below {min(cfg.vocab_size, GPT2_VOCAB):,} ({len(data):,})"
     torch.manual_seed(tc.seed)
     model = GPT(cfg).to(hw.device)  # built on the CPU from the seed, then moved: same weights in both loops
     model.train()
@@ -79,7 +86,7 @@ def _train_setup(spec: dict, fast: bool):
     total = WARMUP_STEPS + spec["steps"]
     offsets = [step_offsets(sampler, data, tc.grad_accum_steps, tc.batch_size, cfg.block_size)
                for _ in range(total)]  # as the trainer draws them
-    return params, hw, model, data, offsets
+    return params, hw, model, (data, source), offsets
 
 
 def _timed_loop(step_fn, total: int, device) -> tuple[list, float]:
@@ -97,7 +104,7 @@ def _timed_loop(step_fn, total: int, device) -> tuple[list, float]:
     return [float(loss) for loss in losses], time.perf_counter() - start
 
 
-def _train_result(params, hw, model, data, spec, losses, seconds) -> dict:
+def _train_result(params, hw, model, source: str, spec, losses, seconds) -> dict:
     import torch
 
     cfg, tc = params.model, params.train
@@ -108,7 +115,7 @@ def _train_result(params, hw, model, data, spec, losses, seconds) -> dict:
     result = {
         "device": str(hw.device), "torch": torch.__version__, "dtype": _dtype_name(hw.dtype),
         "tokens_per_step": tokens_per_step,
-        "data": spec["tokens_dir"] or f"random token ids ({len(data):,})",
+        "data": source,
         "model": {"params": model.num_params(), "params_non_embedding": n_non_embedding,
                   "flops_per_token": fpt, **dataclasses.asdict(cfg)},
         "tokens_per_sec": tokens_per_sec, "step_ms": 1000 * seconds / spec["steps"],
@@ -125,16 +132,17 @@ def reference_logits(model, x):
 
 
 def phase_reference(spec: dict) -> dict:
-    """The plain loop: fp32, no autocast, full logits + F.cross_entropy, torch AdamW, untuned malloc."""
+    """The plain loop a nanoGPT user runs: fp32, no autocast, full logits + F.cross_entropy, torch AdamW on the
+    params' schedule, untuned malloc; with spec["vocab_size"] ids (GPT-2's 50,257, or the params' own)."""
     import torch
     import torch.nn.functional as F
 
     from ..batches import windows
     from ..trainer import lr_at
 
-    params, hw, model, data, offsets = _train_setup(spec, fast=False)
+    params, hw, model, (data, source), offsets = _train_setup(spec, fast=False)
     tc, cfg = params.train, params.model
-    optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2))  # torch's default AdamW kernel
+    (optimizer,) = model.optimizers(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2))  # torch's default AdamW kernel
 
     def step_fn(step):
         for group in optimizer.param_groups:
@@ -153,32 +161,33 @@ def phase_reference(spec: dict) -> dict:
         return total
 
     losses, seconds = _timed_loop(step_fn, len(offsets), hw.device)
-    result = _train_result(params, hw, model, data, spec, losses, seconds)
+    result = _train_result(params, hw, model, source, spec, losses, seconds)
     result["dtype"] = "float32"
     return result
 
 
 def phase_train(spec: dict) -> dict:
-    """The train stage's fast path on the same weights and batches, plus the device's measured peak FLOP/s."""
+    """The train stage's fast path with the params as they are (optimizer, schedule, compile, dtype, vocabulary),
+    on the weights and batches of the same-vocabulary reference, plus the device's measured peak FLOP/s."""
     import torch
 
     from ..batches import windows
-    from ..trainer import lr_at, maybe_compile, optimizer_step
+    from ..trainer import lrs_at, make_optimizers, maybe_compile, optimizer_step
 
-    params, hw, model, data, offsets = _train_setup(spec, fast=True)
+    params, hw, model, (data, source), offsets = _train_setup(spec, fast=True)
     tc, cfg = params.train, params.model
-    optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=hw.device_type == "cuda")
+    optimizers = make_optimizers(model, tc, hw)
     scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
     forward = maybe_compile(model, params.hardware.compile)
 
     def step_fn(step):
         micro_batches = (windows(data, o, cfg.block_size, hw.device) for o in offsets[step])
-        return optimizer_step(forward, optimizer, scaler, micro_batches, lr_at(step, tc), tc.grad_clip, hw)
+        return optimizer_step(forward, optimizers, scaler, micro_batches, lrs_at(step, tc), tc.grad_clip, hw)
 
     losses, seconds = _timed_loop(step_fn, len(offsets), hw.device)
-    result = _train_result(params, hw, model, data, spec, losses, seconds)
-    result["compile"] = forward is not model
-    del optimizer, model, forward
+    result = _train_result(params, hw, model, source, spec, losses, seconds)
+    result.update(compile=forward is not model, optimizer=tc.optimizer, schedule=tc.schedule)
+    del optimizers, model, forward
     peak, size = peak_matmul_flops(hw)
     result.update(peak_tflops=peak / 1e12, peak_matmul=f"{size}x{size}x{size} {_dtype_name(hw.dtype)}",
                   mfu=result["achieved_tflops"] * 1e12 / peak)

@@ -21,11 +21,20 @@ def format_table(r: dict) -> str:
         rows.append(("train (fast path)", f"{t['tokens_per_sec']:,.0f} tok/s", mem(t),
                      f"{t['step_ms']:,.0f} ms/step; {r['achieved_tflops']:.3f} TFLOP/s = MFU {100 * r['mfu']:.1f}% "
                      f"of {r['peak_tflops']:.3f} ({t['peak_matmul']} matmul)"))
-        rows.append(("reference (fp32)", f"{ref['tokens_per_sec']:,.0f} tok/s", mem(ref),
-                     f"{ref['step_ms']:,.0f} ms/step; plain loop, full logits"))
+        rows.append((f"reference (fp32, {ref['model']['vocab_size']:,} ids)", f"{ref['tokens_per_sec']:,.0f} tok/s",
+                     mem(ref), f"{ref['step_ms']:,.0f} ms/step; plain loop, AdamW, full logits"))
+        same = r.get("reference_same_vocab")
+        if same:
+            rows.append((f"reference (fp32, {same['model']['vocab_size']:,} ids)",
+                         f"{same['tokens_per_sec']:,.0f} tok/s", mem(same), f"{same['step_ms']:,.0f} ms/step"))
+        if r["numerics_ok"] is None:
+            numerics = r["numerics_note"]
+        else:
+            numerics = (f"loss diff {r['loss_diff']:.4f} nats (first {r['loss_diff_first']:.4f}, last "
+                        f"{r['loss_diff_last']:.4f}): {'ok' if r['numerics_ok'] else 'TOO LARGE'} "
+                        f"(<= {r['loss_tolerance']})")
         rows.append(("speedup", f"{r['speedup_vs_reference']:.2f}x", "",
-                     f"loss diff {r['loss_diff']:.4f} nats (first {r['loss_diff_first']:.4f}, last "
-                     f"{r['loss_diff_last']:.4f}): {'ok' if r['numerics_ok'] else 'TOO LARGE'} (<= {r['loss_tolerance']})"))
+                     f"at the same vocabulary {r['speedup_same_vocab']:.2f}x; {numerics}"))
     if "tokenize" in r:
         t = r["tokenize"]
         rows.append(("tokenize", f"{t['mb_per_sec']:.1f} MB/s, {t['tokens_per_sec'] / 1e6:.2f}M tok/s", mem(t),
