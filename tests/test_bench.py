@@ -56,10 +56,52 @@ def test_fast_path_loss_matches_the_reference_loop(result):
     assert result["loss_diff"] == max(result["loss_diff_first"], result["loss_diff_last"])
 
 
+def test_at_gpt2s_vocabulary_the_reference_is_the_same_vocab_one(result):
+    assert result["reference"]["model"]["vocab_size"] == result["model"]["vocab_size"] == 50257
+    assert "reference_same_vocab" not in result
+    assert result["speedup_same_vocab"] == result["speedup_vs_reference"]
+    assert result["train"]["optimizer"] == "adamw"
+
+
+@pytest.fixture(scope="module", params=["adamw", "muon"])
+def small_vocab(request):
+    """The fast path at a 4,096-id vocabulary (as a pruned tokenizer gives) with AdamW or Muon: train phases only."""
+    params = bench.apply_preset(load_params(REPO / "params-ci.yaml"), "tiny")
+    params = params.updated("tokenizer", vocab_size=4096).updated("model", vocab_size=4096).updated("train", optimizer=request.param)
+    params = params.updated("hardware", threads=1)
+    return request.param, bench.run_bench(params, "default", steps=1, only="train")
+
+
+def test_the_reference_keeps_gpt2s_full_vocabulary_and_a_second_one_matches_the_params(small_vocab):
+    optimizer, r = small_vocab
+    assert r["reference"]["model"]["vocab_size"] == 50257
+    assert r["reference_same_vocab"]["model"]["vocab_size"] == r["model"]["vocab_size"] == 4096
+    assert "below 50,257" in r["reference"]["data"] and "below 4,096" in r["data"]  # ids each model can embed
+    assert r["reference_same_vocab"]["data"] == r["data"]  # the same batches
+    for key in ("speedup_vs_reference", "speedup_same_vocab"):
+        assert math.isfinite(r[key]) and r[key] > 0
+    assert r["speedup_vs_reference"] == r["train"]["tokens_per_sec"] / r["reference"]["tokens_per_sec"]
+    assert r["speedup_same_vocab"] == (r["train"]["tokens_per_sec"] /
+                                       r["reference_same_vocab"]["tokens_per_sec"])
+    assert r["train"]["optimizer"] == optimizer
+    assert "4,096 ids" in bench.format_table(r) and "50,257 ids" in bench.format_table(r)
+
+
+def test_numerics_compare_like_with_like(small_vocab):
+    optimizer, r = small_vocab
+    if optimizer == "adamw":  # against the same-vocabulary reference: same weights, batches and optimizer
+        assert r["reference_same_vocab"]["losses"][0] == pytest.approx(r["train"]["losses"][0], abs=0.01)
+        assert r["numerics_ok"] is True and r["loss_diff"] <= bench.LOSS_TOLERANCE
+    else:
+        assert r["numerics_ok"] is None and r["loss_diff"] is None
+        assert "muon" in r["numerics_note"] and "not compared" in bench.format_table(r)
+
+
 def test_table_names_every_phase(result):
     table = bench.format_table(result)
     for word in ("train", "reference", "speedup", "tokenize", "sample", "MFU", "GB"):
         assert word in table
+    assert f"{result['speedup_vs_reference']:.2f}x" in table and f"{result['train']['tokens_per_sec']:,.0f}" in table
 
 
 @pytest.mark.parametrize("args, key", [(["--preset", "nope"], "--preset"), (["--only", "train,bogus"], "--only"),
@@ -74,20 +116,24 @@ def test_bad_arguments_are_one_line_errors(args, key, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(bench.PRESETS))
-def test_presets_are_valid_models(name):
-    params = bench.apply_preset(load_params(REPO / "params.yaml"), name)
+def test_presets_change_the_params_and_build_models_that_run(name):
+    import torch
+
+    from nanoslm.model import GPT
+
+    base = load_params(REPO / "params.yaml")
+    params = bench.apply_preset(base, name)
+    for section, values in bench.PRESETS[name].items():
+        assert {k: getattr(getattr(params, section), k) for k in values} == values
+    assert params.tokenizer == base.tokenizer and params.hardware == base.hardware  # only what the preset names
     m = params.model
-    assert m.n_embd % m.n_head == 0 and m.block_size > 0
+    torch.manual_seed(0)
+    model = GPT(m).eval()
+    idx, targets = torch.randint(0, m.vocab_size, (2, 1, m.block_size))
+    with torch.no_grad():  # a full block runs, and an untrained model predicts about uniformly
+        assert abs(model(idx, targets).item() - math.log(m.vocab_size)) < 0.2
     if name == "gpt2-30m":
-        from nanoslm.model import GPT
-
-        assert 25e6 < GPT(m).num_params() < 35e6
-
-
-def test_flops_per_token_formula():
-    m = bench.apply_preset(load_params(REPO / "params.yaml"), "tiny").model
-    n = 1000
-    assert bench.flops_per_token(m, n) == 6 * (n + 64 * 50257) + 12 * 2 * 64 * 64
+        assert 25e6 < model.num_params() < 35e6
 
 
 @pytest.mark.parametrize("seeded", [False, True])

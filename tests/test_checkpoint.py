@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -80,26 +81,51 @@ def test_saved_keys_carry_no_wrapper_prefix(tmp_path, wrap):
     checkpoint.load_model(path)  # and it loads into a plain GPT
 
 
-@pytest.mark.parametrize("keep, message", [(0, "truncated or corrupt"), (2, "best.pt"), (100, "truncated or corrupt"),
-                                           (0.5, "truncated or corrupt"), (-1, "truncated or corrupt")])
-def test_truncated_file_is_a_user_error(saved, keep, message):
+@pytest.mark.parametrize("keep", [0, 2, 100, 0.5, -1])
+def test_truncated_file_is_a_damaged_checkpoint(saved, keep):
     path, _ = saved
     data = path.read_bytes()
     n = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
     path.write_bytes(data[:n])
-    with pytest.raises(UserError, match=message) as err:
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="best.pt: not a readable checkpoint .truncated or corrupt.; "
+                                                           "train a new one: dvc repro --force train") as err:
         checkpoint.load(path)
     assert "\n" not in str(err.value)
-    with pytest.raises(UserError):
+    with pytest.raises(checkpoint.DamagedCheckpoint):
         checkpoint.load_model(path)
 
 
-@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"version https://git-lfs.github.com/spec/v1\n"])
-def test_garbage_file_is_a_user_error(tmp_path, content):
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"version https://git-lfs.github.com/spec/v1\n",
+                                     b"PK\x03\x04" + bytes(range(256)) * 4])
+def test_garbage_file_is_a_damaged_checkpoint_not_a_refused_one(tmp_path, content):
     path = tmp_path / "best.pt"
     path.write_bytes(content)
-    with pytest.raises(UserError, match="best.pt"):
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="best.pt: not a readable checkpoint") as err:
         checkpoint.load(path)
+    assert "Python objects" not in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_a_torch_file_that_is_no_nano_slm_checkpoint_is_damaged(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="x.pt: not a Nano-SLM checkpoint"):
+        checkpoint.load(path)
+
+
+def test_the_cause_is_cut_at_a_word_boundary(tmp_path, monkeypatch):
+    path = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    long = "word " * 100
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(long + "\nsecond line")))
+    monkeypatch.delenv("NANOSLM_DEBUG", raising=False)
+    with pytest.raises(checkpoint.DamagedCheckpoint) as err:
+        checkpoint.load(path)
+    message = str(err.value)
+    assert re.search(r"\(cause: RuntimeError: (word ){10,}word\.\.\.\)$", message), message  # whole words only
+    monkeypatch.setenv("NANOSLM_DEBUG", "1")
+    with pytest.raises(checkpoint.DamagedCheckpoint) as err:
+        checkpoint.load(path)
+    assert "second line" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_missing_file_is_a_user_error(tmp_path):
@@ -109,15 +135,20 @@ def test_missing_file_is_a_user_error(tmp_path):
         checkpoint.load_model(tmp_path / "nope.pt")
 
 
-def test_pickled_python_object_is_refused(tmp_path, saved):
+def test_pickled_python_object_is_refused_in_whole_sentences(tmp_path, saved):
     path, model = saved
     state = torch.load(path, weights_only=True)
     state["extra"] = Arbitrary()
     evil = tmp_path / "evil.pt"
     torch.save(state, evil)
     assert isinstance(torch.load(evil, weights_only=False)["extra"], Arbitrary)  # a readable file otherwise
-    with pytest.raises(UserError, match="refused"):
+    with pytest.raises(UserError) as err:
         checkpoint.load(evil)
+    assert not isinstance(err.value, checkpoint.DamagedCheckpoint)  # training must not throw it away as garbage
+    assert str(err.value) == (f"{evil}: refused to load it, because it holds Python objects "
+                              f"(test_checkpoint.Arbitrary) besides tensors and plain values, and loading those could "
+                              f"run code. Use a checkpoint written by Nano-SLM, or train a new one: "
+                              f"dvc repro --force train")
 
 
 def test_wrong_format_version(tmp_path, saved):
@@ -126,13 +157,6 @@ def test_wrong_format_version(tmp_path, saved):
     state["format_version"] = 99
     torch.save(state, path)
     with pytest.raises(UserError, match="format 99"):
-        checkpoint.load(path)
-
-
-def test_not_a_checkpoint_dict(tmp_path):
-    path = tmp_path / "x.pt"
-    torch.save({"weights": torch.zeros(3)}, path)
-    with pytest.raises(UserError, match="not a Nano-SLM checkpoint"):
         checkpoint.load(path)
 
 

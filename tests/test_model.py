@@ -94,7 +94,7 @@ def test_scaled_init_of_residual_projections():
 def test_optimizer_groups():
     cfg = GPTConfig(block_size=16, vocab_size=50257, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=True)
     model = make(cfg)
-    opt = model.optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    (opt,) = model.optimizers(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
@@ -106,3 +106,34 @@ def test_optimizer_groups():
         n for n, p in model.named_parameters() if n.endswith("weight") and "ln_" not in n}
     assert any(named[id(p)].endswith("c_attn.bias") for p in no_decay["params"])
     assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    cfg = GPTConfig(block_size=16, vocab_size=50257, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=True)
+    model = make(cfg)
+    adamw, muon = model.optimizers(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), muon_lr=2e-2)
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    named = {id(p): n for n, p in model.named_parameters()}
+    names = lambda opt: sorted(named[id(p)] for g in opt.param_groups for p in g["params"])  # noqa: E731
+    assert names(muon) == sorted(f"transformer.h.{i}.{m}.weight" for i in range(2)
+                                 for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    decay, no_decay = adamw.param_groups
+    assert sorted(named[id(p)] for p in decay["params"]) == ["transformer.wpe.weight", "transformer.wte.weight"]
+    assert all(p.dim() == 1 for p in no_decay["params"])
+    assert sorted(names(adamw) + names(muon)) == sorted(named.values())  # each parameter once (the tied head too)
+    assert muon.defaults["lr"] == 2e-2 and muon.defaults["weight_decay"] == 0.1
+    assert muon.defaults["adjust_lr_fn"] == "match_rms_adamw" and adamw.defaults["lr"] == 1e-3
+
+
+def test_flops_per_token_matches_a_count_of_the_matmuls():
+    """6 FLOPs per weight and token plus attention over the full block, against torch's own FLOP counter."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = GPTConfig(block_size=32, vocab_size=512, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False)
+    model = make(cfg).train()
+    idx = tokens(1, cfg.block_size, vocab=cfg.vocab_size)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # attention as plain matmuls
+        model(idx, idx).backward()
+    norm_weights = sum(p.numel() for n, p in model.named_parameters() if "ln_" in n)  # no matmul: not counted
+    assert counter.get_total_flops() / cfg.block_size == model.flops_per_token() - 6 * norm_weights

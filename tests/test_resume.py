@@ -25,7 +25,7 @@ def tokens(tmp_path_factory) -> Path:
     write_txt(raw / "train.txt", make_stories(300, seed=1))
     write_txt(raw / "validation.txt", make_stories(30, seed=2))
     out = tmp_path_factory.mktemp("tokens")
-    tokenize(raw, out, TokenizerConfig(name="gpt2", batch_stories=64), threads=1)
+    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=64), threads=1)
     return out
 
 
@@ -145,20 +145,57 @@ def test_a_finished_run_is_not_resumed(tmp_path, tokens):
     assert "that run finished (step 40); starting fresh" in again.stderr
 
 
-def test_a_truncated_checkpoint_is_refused(tmp_path, tokens):
-    cwd = workdir(tmp_path, "truncated")
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_checkpoint_is_moved_aside_and_training_starts_fresh(tmp_path, tokens, reference, damage):
+    cwd = workdir(tmp_path, damage)
     assert run_stage(cwd, tokens, fault="kill@step:17").returncode == -signal.SIGKILL
     last = cwd / "models/last.pt"
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    damaged = last.read_bytes()[: last.stat().st_size // 2] if damage == "truncate" else b"\x00garbage" * 100
+    last.write_bytes(damaged)
+    result = run_stage(cwd, tokens)  # what `dvc repro --force train` runs
+    assert result.returncode == 0, result.stderr
+    assert ("models/last.pt: not a readable checkpoint (truncated or corrupt); train a new one: dvc repro --force "
+            "train (cause: ") in result.stderr
+    assert "; moved it to models/last.pt.damaged and starting fresh" in result.stderr
+    assert "resuming" not in result.stderr
+    assert (cwd / "models/last.pt.damaged").read_bytes() == damaged
+    same(finished(cwd, tokens), reference)  # a fresh start is the uninterrupted run
+
+
+def test_a_checkpoint_holding_pickled_code_is_refused_not_moved(tmp_path, tokens):
+    cwd = workdir(tmp_path, "pickled")
+    assert run_stage(cwd, tokens, fault="kill@step:17").returncode == -signal.SIGKILL
+    last = cwd / "models/last.pt"
+    state = torch.load(last, weights_only=True)
+    state["extra"] = Path("anything")  # a Python object: weights_only refuses it
+    torch.save(state, last)
     result = run_stage(cwd, tokens)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()[-1:]
-    assert line.startswith("error: models/last.pt: not a readable checkpoint (truncated or corrupt")
+    assert line.startswith("error: models/last.pt: refused to load it, because it holds Python objects (pathlib.")
+    assert line.endswith("could run code. Use a checkpoint written by Nano-SLM, or train a new one: "
+                         "dvc repro --force train")
+    assert last.is_file() and not (cwd / "models/last.pt.damaged").exists()
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, tokens):
+def test_muon_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tokens):
+    """Muon's momentum buffers are in last.pt too (and the wsd schedule resumes like the cosine)."""
+    recipe = {"train.optimizer": "muon", "train.muon_lr": 0.02, "train.schedule": "wsd"}
+    uninterrupted = workdir(tmp_path, "muon", **recipe)
+    assert run_stage(uninterrupted, tokens).returncode == 0
+    cwd = workdir(tmp_path, "muon-killed", **recipe)
+    assert run_stage(cwd, tokens, fault="kill@step:17").returncode == -signal.SIGKILL
+    resumed = run_stage(cwd, tokens)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from models/last.pt at step 10 of 40" in resumed.stderr
+    same(finished(cwd, tokens), finished(uninterrupted, tokens))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_gloo_processes_match_one_process(tmp_path, tokens, optimizer):
     # dropout off: with it, each rank draws its own masks, so the runs would differ by design
-    changes = {"train.grad_accum_steps": 2, "train.max_iters": 20, "train.lr_decay_iters": 20, "model.dropout": 0.0}
+    changes = {"train.grad_accum_steps": 2, "train.max_iters": 20, "train.lr_decay_iters": 20, "model.dropout": 0.0,
+               "train.optimizer": optimizer}
     single = workdir(tmp_path, "single", **changes)
     ddp = workdir(tmp_path, "ddp", **changes, **{"hardware.nproc_per_node": 2})
     results = {cwd: run_stage(cwd, tokens) for cwd in (single, ddp)}

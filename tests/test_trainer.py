@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,8 @@ from nanoslm import checkpoint
 from nanoslm.config import load_params
 from nanoslm.errors import UserError
 from nanoslm.batches import windows
-from nanoslm.trainer import check_data, lr_at, train
+from nanoslm.bins import check_windows, min_tokens
+from nanoslm.trainer import lr_at, lrs_at, train
 
 from conftest import REPO, make_stories, write_txt
 
@@ -59,13 +61,31 @@ def test_windows_targets_are_shifted_by_one():
         assert y[row].tolist() == data[o + 1:o + 9].tolist()
 
 
-def test_check_data():
-    ok, short = np.zeros(9, np.uint16), np.zeros(8, np.uint16)
-    check_data(ok, ok, block_size=8)  # block_size + 1 tokens: one window
-    with pytest.raises(UserError, match="train split has 8 tokens"):
-        check_data(short, ok, block_size=8)
-    with pytest.raises(UserError, match="validation split has 8 tokens.*model.block_size 8"):
-        check_data(ok, short, block_size=8)
+def test_one_window_is_the_fewest_tokens_train_and_bench_accept():
+    block = 8
+    assert min_tokens(block) == block + 1
+    check_windows(np.zeros(block + 1, np.uint16), "train", block, 50257, "train.bin")  # one window and its targets
+    with pytest.raises(UserError, match=r"train.bin: the train split has 8 tokens, too few for model.block_size 8 "
+                                        r"\(one window needs 9\)"):
+        check_windows(np.zeros(block, np.uint16), "train", block, 50257, "train.bin")
+    with pytest.raises(UserError, match="token id 50257 is not below the tokenizer's 50257 ids"):
+        check_windows(np.full(block + 1, 50257, np.uint16), "validation", block, 50257, "validation.bin")
+
+
+def test_bench_and_train_refuse_the_same_short_split(tokens_dir):
+    """One check, one message: bench's tokens dir and train's data go through bins.load_split(block_size=...)."""
+    from nanoslm import bench, bins
+    from nanoslm.config import load_params
+
+    n = len(bins.load_split(tokens_dir, "train"))
+    params = load_params(REPO / "params-ci.yaml").updated("model", block_size=n)
+    with pytest.raises(UserError) as from_bench:
+        bench.run_bench(params, only="train", tokens_dir=tokens_dir)
+    with pytest.raises(UserError) as from_train:
+        bins.load_split(tokens_dir, "train", block_size=n)
+    assert str(from_bench.value) == str(from_train.value)
+    assert f"has {n} tokens, too few for model.block_size {n}" in str(from_train.value)
+    assert len(bins.load_split(tokens_dir, "train", block_size=n - 1)) == n  # exactly one window fits
 
 
 # ---- train() end to end: two identical tiny runs, shared by the tests below ----
@@ -193,3 +213,152 @@ def test_train_rejects_too_little_data(tmp_path, tiny_params, tokens_dir, monkey
     finally:
         torch.set_num_threads(threads)
     assert not (tmp_path / "models").exists()
+
+
+def test_lr_wsd_warms_up_holds_then_decays_linearly(tiny_params):
+    tc = tiny_params.updated("train", schedule="wsd", decay_frac=0.25, lr=1e-3, min_lr=1e-4, warmup_iters=4,
+                             lr_decay_iters=20).train
+    cosine = tiny_params.updated("train", schedule="cosine", lr=1e-3, min_lr=1e-4, warmup_iters=4,
+                                 lr_decay_iters=20).train
+    assert [lr_at(s, tc) for s in range(4)] == [lr_at(s, cosine) for s in range(4)]  # the same linear warmup
+    assert [lr_at(s, tc) for s in range(4, 16)] == [tc.lr] * 12  # flat at the peak until the last quarter
+    decay = [lr_at(s, tc) for s in range(15, 21)]  # the last 25% of 20 steps: 15 -> 20, linearly
+    assert decay == pytest.approx([tc.lr - i / 5 * (tc.lr - tc.min_lr) for i in range(6)])
+    assert [lr_at(s, tc) for s in range(20, 30)] == [tc.min_lr] * 10  # flat afterwards
+
+
+def test_lr_wsd_decay_never_starts_inside_the_warmup(tiny_params):
+    tc = tiny_params.updated("train", schedule="wsd", decay_frac=1.0, lr=1e-3, min_lr=0.0, warmup_iters=4,
+                             lr_decay_iters=12).train
+    assert lr_at(3, tc) < lr_at(4, tc) == tc.lr  # warmup first, then straight into the decay
+    assert lr_at(8, tc) == pytest.approx(tc.lr / 2) and lr_at(12, tc) == 0.0
+
+
+def test_every_optimizer_follows_the_schedule_at_its_own_peak(tiny_params):
+    tc = tiny_params.updated("train", optimizer="muon", lr=1e-3, muon_lr=2e-2, min_lr=1e-4, warmup_iters=4,
+                             lr_decay_iters=20).train
+    for step in (0, 3, 4, 10, 19, 25):
+        adamw, muon = lrs_at(step, tc)
+        assert adamw == lr_at(step, tc)
+        assert muon == pytest.approx(adamw * tc.muon_lr / tc.lr)
+    assert lrs_at(0, tiny_params.train) == [lr_at(0, tiny_params.train)]  # adamw alone: one optimizer
+
+
+def test_optimizer_step_sets_each_optimizers_learning_rate():
+    from nanoslm import hardware
+    from nanoslm.model import GPT
+    from nanoslm.trainer import optimizer_step
+
+    cfg = dataclasses.replace(load_params(REPO / "params-ci.yaml").model, n_layer=1, n_embd=16, n_head=2,
+                              block_size=8)
+    model = GPT(cfg)
+    optimizers = model.optimizers(1e-3, 0.1, (0.9, 0.99), muon_lr=2e-2)
+    hw = hardware.Hardware(torch.device("cpu"), torch.float32)
+    x = torch.randint(0, cfg.vocab_size, (2, 8))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer_step(model, optimizers, scaler, [(x, x)], [3e-4, 5e-3], 1.0, hw)
+    assert [g["lr"] for g in optimizers[0].param_groups] == [3e-4, 3e-4]
+    assert [g["lr"] for g in optimizers[1].param_groups] == [5e-3]
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # every parameter moved
+    assert all(p.grad is None for p in model.parameters())
+
+
+class _Broken(RuntimeError):
+    pass
+
+
+def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    from nanoslm.model import GPT
+    from nanoslm.trainer import maybe_compile
+
+    model = GPT(dataclasses.replace(load_params(REPO / "params-ci.yaml").model, n_layer=1, n_embd=16, n_head=2))
+
+    def no_compiler(module):
+        raise _Broken("InvalidCxxCompiler: No working C++ compiler found\nsecond line")
+
+    def fails_when_run(module):
+        return lambda *args: no_compiler(module)
+
+    for fake in (no_compiler, fails_when_run):  # compile refuses at once, or at the first call (as inductor does)
+        monkeypatch.setattr(torch, "compile", fake)
+        with pytest.warns(UserWarning, match="torch.compile failed, running without it: .*No working C") as caught:
+            assert maybe_compile(model, True) is model
+        assert len(caught) == 1 and "second line" not in str(caught[0].message)
+    assert maybe_compile(model, False) is model
+
+
+def test_compiles_trial_run_draws_nothing_from_the_rngs(monkeypatch):
+    """Dropout in the trial call must not move torch's RNG, or a resumed compiled run would differ."""
+    from nanoslm.model import GPT
+    from nanoslm.trainer import maybe_compile
+
+    model = GPT(dataclasses.replace(load_params(REPO / "params-ci.yaml").model, n_layer=1, n_embd=16, n_head=2,
+                                    dropout=0.5)).train()
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module: calls.append(module) or module)  # "compiled" = eager
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert maybe_compile(model, True) is model and calls == [model]
+    assert torch.equal(torch.rand(3), expected)
+    assert model.training
+
+
+def test_validation_bits_per_byte_is_logged_beside_the_loss(runs):
+    params, [(out, _), _] = runs
+    meta = json.loads((out.parent / "tokens" / "meta.json").read_text())["splits"]["validation"]
+    metrics = json.loads((out / "dvclive" / "metrics.json").read_text())
+    expected = metrics["val"]["loss"] / math.log(2) * (meta["tokens"] - 1) / meta["bytes"]
+    assert metrics["val"]["bpb"] == pytest.approx(expected, rel=1e-12)
+    from nanoslm import hardware
+    from nanoslm.evaluate import evaluate_checkpoint
+
+    exact = evaluate_checkpoint(out / "models" / "best.pt", out.parent / "tokens", 16,
+                                hardware.Hardware(torch.device("cpu"), torch.float32))["bits_per_byte"]
+    assert metrics["val"]["bpb"] == pytest.approx(exact, rel=0.1)  # an estimate from the fixed windows
+
+
+def _train_again(runs, tmp_path, monkeypatch, section, **values):
+    params, _ = runs
+    monkeypatch.chdir(tmp_path)
+    for name in ("DVC_ROOT", "DVC_EXP_BASELINE_REV", "DVC_EXP_NAME", "DVCLIVE_RESUME", "DVC_STUDIO_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    params = params.updated(section, **values)
+    threads = torch.get_num_threads()
+    try:
+        summary = train(params, runs[1][0][0].parent / "tokens", tmp_path / "models", tmp_path / "dvclive",
+                        tmp_path / "loss.png")
+    finally:
+        torch.set_num_threads(threads)
+    return summary
+
+
+def test_a_failing_compile_trains_eagerly_with_the_same_results(runs, tmp_path, monkeypatch):
+    def no_compiler(module):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.warns(UserWarning, match="torch.compile failed") as caught:
+        summary = _train_again(runs, tmp_path, monkeypatch, "hardware", compile=True)
+    assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1
+    _, [(a, sa), _] = runs
+    assert summary == sa
+    for split in ("train", "val"):
+        rows, expected = (tsv(d / "dvclive" / "plots" / "metrics" / split / "loss.tsv") for d in (tmp_path, a))
+        assert [(r["step"], r["loss"]) for r in rows] == [(r["step"], r["loss"]) for r in expected]
+
+
+def test_muon_trains_and_saves_its_state(runs, tmp_path, monkeypatch):
+    summary = _train_again(runs, tmp_path, monkeypatch, "train", optimizer="muon", muon_lr=2e-2)
+    val = [float(r["loss"]) for r in tsv(tmp_path / "dvclive/plots/metrics/val/loss.tsv")]
+    assert val[-1] < val[0] - 1.0 and summary["steps"] == STEPS
+    _, [(a, _), _] = runs
+    assert val != [float(r["loss"]) for r in tsv(a / "dvclive/plots/metrics/val/loss.tsv")]  # another recipe
+    training = checkpoint.load(tmp_path / "models" / "last.pt")["training"]
+    adamw, muon = training["optimizers"]
+    assert len(muon["state"]) == 4 * runs[0].model.n_layer  # attention's 2 and the MLP's 2 matrices per block
+    assert len(adamw["state"]) == 2 + 2 * runs[0].model.n_layer + 1  # wte (= head), wpe and the norms
+    assert all("momentum_buffer" in s for s in muon["state"].values())
+    assert muon["param_groups"][0]["lr"] == pytest.approx(lr_at(STEPS - 1, runs[0].train, 2e-2))

@@ -16,3 +16,9 @@ def windows(data: np.ndarray, offsets: np.ndarray, block_size: int, device: torc
 
 def random_offsets(rng: np.random.Generator, data: np.ndarray, count: int, block_size: int) -> np.ndarray:
     return rng.integers(0, len(data) - block_size, size=count)
+
+
+def step_offsets(rng: np.random.Generator, data: np.ndarray, micro_batches: int, batch_size: int,
+                 block_size: int) -> np.ndarray:
+    """One optimizer step's window starts, (micro_batches, batch_size): the train stage's draw, which bench repeats."""
+    return random_offsets(rng, data, micro_batches * batch_size, block_size).reshape(micro_batches, batch_size)

@@ -10,7 +10,6 @@ nanoslm.tokenizer), which the trainer copies into every checkpoint.
 
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,10 +18,10 @@ import tiktoken
 from tqdm import tqdm
 
 from .atomic import atomic_path, write_json
-from .config import TokenizerConfig
+from .config import TokenizerConfig, cpu_threads
 from .errors import UserError
 from .sources import SPLITS, iter_txt_stories
-from .tokenizer import encoding_for, get_encoding
+from .tokenizer import check_tokens, encoding_for, get_encoding
 from .vocab import choose_vocabulary
 
 FORMAT_VERSION = 1
@@ -35,7 +34,7 @@ def tokenize_split(txt_path, bin_path, enc: tiktoken.Encoding, batch_stories: in
     threads: encoder threads; 0 means every core.
     """
     txt_path = Path(txt_path)
-    threads = threads or os.cpu_count() or 1
+    threads = cpu_threads(threads)
     if not txt_path.is_file():
         raise UserError(f"{txt_path}: not found; run the download stage first: dvc repro download")
     stories = nbytes = 0
@@ -64,7 +63,7 @@ def tokenize(raw_dir, out_dir, cfg: TokenizerConfig, threads: int) -> dict:
     train_txt = raw_dir / "train.txt"
     if not train_txt.is_file():
         raise UserError(f"{train_txt}: not found; run the download stage first: dvc repro download")
-    value = choose_vocabulary(train_txt, cfg.vocab_size, cfg.batch_stories, threads or os.cpu_count() or 1)
+    value = choose_vocabulary(train_txt, cfg.vocab_size, cfg.batch_stories, cpu_threads(threads))
     enc = encoding_for(value)
     splits = {split: tokenize_split(raw_dir / f"{split}.txt", out_dir / f"{split}.bin", enc, cfg.batch_stories,
                                     threads)
@@ -88,8 +87,12 @@ def read_meta(tokens_dir) -> dict:
     return meta
 
 
-def load_split(tokens_dir, split: str) -> np.memmap:
-    """Memory-map a split's tokens read-only, after checking the file against meta.json."""
+def load_split(tokens_dir, split: str, block_size: int | None = None) -> np.memmap:
+    """Memory-map a split's tokens read-only, after checking the file against meta.json.
+
+    With block_size (train and bench), also refuse a split too short for one window of block_size
+    inputs and their targets, or holding an id past meta.json's vocabulary (one pass over the file).
+    """
     meta = read_meta(tokens_dir)
     path = Path(tokens_dir) / f"{split}.bin"
     if not path.is_file():
@@ -103,4 +106,32 @@ def load_split(tokens_dir, split: str) -> np.memmap:
     if size // itemsize != expected:
         raise UserError(f"{path}: holds {size // itemsize} tokens but meta.json says {expected}; "
                         f"rerun: dvc repro --force tokenize")
-    return np.memmap(path, dtype=DTYPE, mode="r")
+    data = np.memmap(path, dtype=DTYPE, mode="r")
+    if block_size is not None:
+        check_windows(data, split, block_size, meta["vocab_size"], path)
+    return data
+
+
+def min_tokens(block_size: int) -> int:
+    """The fewest tokens a split needs for training: one window of block_size inputs, shifted by one for targets."""
+    return block_size + 1
+
+
+def check_windows(data: np.ndarray, split: str, block_size: int, vocab_size: int, path) -> None:
+    """Refuse tokens that cannot feed the model: too few for one window, or an id past the vocabulary."""
+    if len(data) < min_tokens(block_size):
+        raise UserError(f"{path}: the {split} split has {len(data)} tokens, too few for model.block_size "
+                        f"{block_size} (one window needs {min_tokens(block_size)}); lower model.block_size or "
+                        f"tokenize more stories (data.max_train_stories, data.max_val_stories)")
+    top = int(data.max())  # an id past the embedding would crash mid-run
+    if top >= vocab_size:
+        raise UserError(f"{path}: token id {top} is not below the tokenizer's {vocab_size} ids, so the file is "
+                        f"damaged; rerun: dvc repro --force tokenize")
+
+
+def check_tokenizer(meta: dict, tokenizer: TokenizerConfig, vocab_size: int, tokens_dir) -> None:
+    """Refuse tokens made by another tokenizer than params' tokenizer section, or with more ids than the model has."""
+    check_tokens(tokens_dir, meta, tokenizer)
+    if meta["vocab_size"] > vocab_size:
+        raise UserError(f"{tokens_dir}/meta.json: tokenizer has {meta['vocab_size']} ids but model.vocab_size is "
+                        f"{vocab_size}; set model.vocab_size to at least {meta['vocab_size']}")

@@ -4,7 +4,9 @@ weights_only=True refuses pickled code, so a checkpoint from elsewhere cannot ru
 """
 
 import dataclasses
+import os
 import pickle
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -40,26 +42,51 @@ def save(path, model: torch.nn.Module, **meta) -> None:
         torch.save(state, f)  # through a file object, so a full disk surfaces as OSError(ENOSPC)
 
 
+class DamagedCheckpoint(UserError):
+    """The file is truncated, corrupt or not a checkpoint at all: nothing in it can be used."""
+
+
 def load(path, map_location="cpu") -> dict:
-    """Read and check a checkpoint; every way it can be unusable is a one-line UserError."""
+    """Read and check a checkpoint; every way it can be unusable is a one-line UserError.
+
+    A truncated, corrupt or foreign file is a DamagedCheckpoint; a real checkpoint holding pickled Python
+    objects (which torch.load(weights_only=True) refuses, as loading them could run code) is a plain UserError.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; train one first: dvc repro train")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has lost its directory
+        raise _damaged(path, "it is not a complete zip archive")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UserError(f"{path}: refused to load: it holds more than tensors and plain values "
-                        f"({_first_line(err, 'unsupported content')})") from None
-    # an empty or non-torch file fails inside the unpickler with EOFError, KeyError, IndexError, ...
+        foreign = _unsafe_globals(path)
+        if not foreign:
+            raise _damaged(path, err) from None
+        raise UserError(f"{path}: refused to load it, because it holds Python objects ({', '.join(foreign[:3])}) "
+                        f"besides tensors and plain values, and loading those could run code. Use a checkpoint "
+                        f"written by Nano-SLM, or train a new one: dvc repro --force train") from None
+    # a damaged archive fails inside torch or the unpickler with EOFError, KeyError, IndexError, ...
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as err:
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(err)}); "
-                        f"retrain: dvc repro --force train") from None
+        raise _damaged(path, err) from None
     if not isinstance(state, dict) or "format_version" not in state:
-        raise UserError(f"{path}: not a Nano-SLM checkpoint")
+        raise _damaged(path, "it holds no format version", what="not a Nano-SLM checkpoint")
     if state["format_version"] != FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format {state['format_version']} is not the supported format "
                         f"{FORMAT_VERSION}; retrain with this version: dvc repro --force train")
     return state
+
+
+def _damaged(path: Path, cause, what: str = "not a readable checkpoint (truncated or corrupt)") -> DamagedCheckpoint:
+    return DamagedCheckpoint(f"{path}: {what}; train a new one: dvc repro --force train (cause: {_cause(cause)})")
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python classes and functions a checkpoint's pickle names outside torch's weights-only allowlist."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a pickle too damaged to scan holds nothing we can name
+        return []
 
 
 def require_config(path, expected: GPTConfig) -> None:
@@ -87,7 +114,16 @@ def load_model(path, device="cpu") -> tuple[GPT, dict]:
     return model.to(device).eval(), state
 
 
-def _first_line(err: Exception, default: str = "") -> str:
-    """The start of an exception's message for a one-line error; its type's name when the message is empty."""
+def _first_line(err: Exception) -> str:
+    """An exception's first line, cut at a word boundary, for the end of a one-line error; its type's name if empty."""
     lines = str(err).strip().splitlines()
-    return lines[0][:120] if lines else default or type(err).__name__
+    return textwrap.shorten(lines[0], width=120, placeholder="...") if lines else type(err).__name__
+
+
+def _cause(cause) -> str:
+    """The technical cause closing a message: short and on one line; in full with NANOSLM_DEBUG=1."""
+    if isinstance(cause, str):
+        return cause
+    if os.environ.get("NANOSLM_DEBUG"):
+        return " ".join(f"{type(cause).__name__}: {cause}".split())
+    return f"{type(cause).__name__}: {_first_line(cause)}"

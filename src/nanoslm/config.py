@@ -20,6 +20,8 @@ MAX_NEW_TOKENS = 10_000  # per story: far past any context here, and a bound for
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZERS = ("gpt2",)
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 def cpu_threads(threads: int) -> int:
@@ -140,6 +142,10 @@ class TrainConfig(_Section):
     log_interval: int
     checkpoint_interval: int  # steps between resumable checkpoints (models/last.pt)
     seed: int
+    optimizer: str  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
+    muon_lr: float  # Muon's peak learning rate (optimizer: muon); lr stays AdamW's
+    schedule: str  # cosine | wsd (warmup, stable at the peak, linear decay over the last decay_frac)
+    decay_frac: float  # wsd: fraction of lr_decay_iters spent decaying to min_lr
 
     def validate(self):
         self._positive("batch_size", "grad_accum_steps", "lr", "max_iters", "eval_interval", "eval_iters",
@@ -153,6 +159,11 @@ class TrainConfig(_Section):
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 self._fail(name, f"must be in [0, 1), got {getattr(self, name)}")
+        self._one_of("optimizer", OPTIMIZERS)
+        self._positive("muon_lr")
+        self._one_of("schedule", SCHEDULES)
+        if not 0 < self.decay_frac <= 1:
+            self._fail("decay_frac", f"must be in (0, 1], got {self.decay_frac}")
 
 
 @dataclass(frozen=True)

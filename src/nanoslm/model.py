@@ -105,6 +105,20 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward):
+
+            6 * (N + n_embd * vocab_size) + 12 * n_layer * n_embd * block_size
+
+        N is the parameter count outside the two embedding tables; n_embd * vocab_size is the LM head's
+        matmul (tied to the token embedding, so not in N). Each weight costs 2 FLOPs per token forward and
+        4 backward. The last term is attention's QK^T and AV (2 * 2 * n_embd * block_size per token and
+        layer forward, x3 with backward), counted over the full block as nanoGPT and PaLM do.
+        """
+        cfg = self.config
+        matmuls = self.num_params(embeddings=False) + cfg.n_embd * cfg.vocab_size
+        return 6 * matmuls + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
     def hidden(self, idx, kv_cache=None):
         """Final hidden states (B, T, n_embd) for token ids (B, T).
 
@@ -131,13 +145,20 @@ class GPT(nn.Module):
             return self.lm_head(x[:, -1, :]).float()
         return head_loss(x, self.lm_head.weight, targets, reduction)
 
-    def optimizer(self, lr, weight_decay, betas, fused=None):
-        """AdamW; matrices decay, biases, norms and 1-d params do not. fused: AdamW's (None = torch's default)."""
+    def optimizers(self, lr, weight_decay, betas, fused=None, muon_lr=None) -> list[torch.optim.Optimizer]:
+        """[AdamW] over every parameter: matrices decay; biases, norms and 1-d params do not.
+
+        With muon_lr: [AdamW, Muon]. torch.optim.Muon (its update's RMS matched to AdamW's) takes the 2-D
+        matrices inside the transformer blocks; AdamW at lr keeps the embeddings, the tied head, norms and
+        biases. fused: AdamW's (None = torch's default).
+        """
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
+        in_blocks = {id(p) for p in self.transformer.h.parameters()}
+        muon = [p for p in params if p.dim() == 2 and id(p) in in_blocks] if muon_lr is not None else []
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in {id(m) for m in muon}]
         no_decay = [p for p in params if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+        adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, fused=fused)
+        if not muon:
+            return [adamw]
+        return [adamw, torch.optim.Muon(muon, lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")]

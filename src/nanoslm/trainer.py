@@ -1,10 +1,12 @@
-"""The train stage: AdamW with warmup + cosine decay on random windows of the train tokens.
+"""The train stage: AdamW (or Muon for the blocks' matrices) on random windows of the train tokens, with a
+linear warmup and a cosine or warmup-stable-decay (wsd) schedule.
 
 Validation runs on one fixed set of windows (drawn once from the seed), so every evaluation, and
-every experiment with the same seed and data, scores the very same tokens.
+every experiment with the same seed and data, scores the very same tokens; its loss is logged in nats
+(val/loss) and as estimated bits per byte (val/bpb, the headline figure; see Validation.bits_per_byte).
 
 Resumable exactly: models/last.pt holds everything that decides the rest of the run (weights,
-optimizer, GradScaler, every RNG, the batch sampler, the partly summed loss of the current log
+optimizers, GradScaler, every RNG, the batch sampler, the partly summed loss of the current log
 window, the best validation loss and the logged history). A run killed at any point and started
 again continues from it and ends bit-for-bit where an uninterrupted run ends (on CPU).
 """
@@ -15,6 +17,7 @@ import os
 import random
 import signal
 import sys
+import textwrap
 import time
 import warnings
 from contextlib import nullcontext
@@ -25,39 +28,57 @@ import torch
 from tqdm import tqdm
 
 from . import bins, checkpoint, distributed, faults, hardware
-from .batches import random_offsets, windows
-from .config import Params, TrainConfig
+from .batches import step_offsets, windows
+from .config import Params, TrainConfig, cpu_threads
 from .errors import UserError
 from .model import GPT
 from .plotting import plot_loss
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, cosine decay, then flat at min_lr."""
+def lr_at(step: int, tc: TrainConfig, peak: float | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based) on train.schedule, for the optimizer whose peak is `peak`
+    (default train.lr; its end is min_lr scaled alike): a linear warmup, then
+
+    - cosine: a cosine decay from the peak to the end at lr_decay_iters;
+    - wsd: flat at the peak, then a linear decay to the end over the last decay_frac of lr_decay_iters;
+
+    and flat at the end afterwards.
+    """
+    lr, min_lr = (tc.lr, tc.min_lr) if peak is None else (peak, tc.min_lr * peak / tc.lr)
     if step < tc.warmup_iters:
-        return tc.lr * (step + 1) / (tc.warmup_iters + 1)
+        return lr * (step + 1) / (tc.warmup_iters + 1)
     if step >= tc.lr_decay_iters:
-        return tc.min_lr
+        return min_lr
+    if tc.schedule == "wsd":
+        decay_start = max(tc.warmup_iters, tc.lr_decay_iters - round(tc.decay_frac * tc.lr_decay_iters))
+        if step < decay_start:
+            return lr
+        return lr + (step - decay_start) / (tc.lr_decay_iters - decay_start) * (min_lr - lr)
     progress = (step - tc.warmup_iters) / max(1, tc.lr_decay_iters - tc.warmup_iters)
-    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.lr - tc.min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def check_data(train_data, val_data, block_size: int) -> None:
-    for name, data in (("train", train_data), ("validation", val_data)):
-        if len(data) <= block_size:
-            raise UserError(f"the {name} split has {len(data)} tokens, too few for model.block_size {block_size}; "
-                            f"lower model.block_size or use more data (data.max_*_stories)")
+def lrs_at(step: int, tc: TrainConfig) -> list[float]:
+    """Each optimizer's learning rate at `step`, in GPT.optimizers' order: AdamW's, then Muon's with muon."""
+    return [lr_at(step, tc)] + ([lr_at(step, tc, tc.muon_lr)] if tc.optimizer == "muon" else [])
 
 
-def optimizer_step(forward, optimizer, scaler, micro_batches, lr: float, grad_clip: float,
+def make_optimizers(model: GPT, tc: TrainConfig, hw: hardware.Hardware) -> list[torch.optim.Optimizer]:
+    """train.optimizer's optimizers for `model`: [AdamW] or [AdamW, Muon]."""
+    return model.optimizers(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=hw.device_type == "cuda",
+                            muon_lr=tc.muon_lr if tc.optimizer == "muon" else None)
+
+
+def optimizer_step(forward, optimizers, scaler, micro_batches, lrs, grad_clip: float,
                    hw: hardware.Hardware) -> torch.Tensor:
     """One optimizer step over gradient-accumulation micro-batches; returns their mean loss (a tensor, no sync).
 
-    Under DDP, gradients are all-reduced once, on the last micro-batch.
+    optimizers[i] runs at lrs[i]. Under DDP, gradients are all-reduced once, on the last micro-batch.
     """
     micro_batches = list(micro_batches)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for optimizer, lr in zip(optimizers, lrs, strict=True):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     total = torch.zeros((), device=hw.device)
     for i, (x, y) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -66,11 +87,14 @@ def optimizer_step(forward, optimizer, scaler, micro_batches, lr: float, grad_cl
         scaler.scale(loss).backward()
         total += loss.detach()
     if grad_clip:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-    scaler.step(optimizer)
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for o in optimizers for g in o.param_groups for p in g["params"]], grad_clip)
+    for optimizer in optimizers:
+        scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     return total
 
 
@@ -104,151 +128,239 @@ class Progress:
     window_steps: int = 0  # steps in the current log window (each rank's loss sum is in its rank state)
 
 
-def train(params: Params, tokens_dir, models_dir, live_dir, plot_path) -> dict:
-    """Train (or resume); write models_dir/{best,last}.pt, dvclive metrics and the loss plot.
+class TrainState:
+    """Everything that decides the rest of a run: model, optimizers, GradScaler, batch sampler, progress and this
+    rank's loss window (the RNGs are global). save() writes it all to last.pt; resume() reads it all back."""
 
-    Returns a summary; summary["interrupted"] is True when Ctrl-C / SIGTERM stopped it after saving.
-    """
-    tc, cfg = params.train, params.model
-    hw = hardware.setup(params.hardware)
-    ranks = distributed.init(hw.device_type)
-    try:
-        return _train(params, tc, cfg, hw, ranks, Path(tokens_dir), Path(models_dir), live_dir, plot_path)
-    finally:
-        distributed.shutdown(ranks)
+    def __init__(self, params: Params, meta: dict, hw: hardware.Hardware, ranks: distributed.Ranks):
+        tc = params.train
+        self.hw, self.ranks, self.tokenizer = hw, ranks, meta["tokenizer"]
+        self.fingerprint = fingerprint(params, meta, hw, ranks.world_size)
+        self.model = GPT(params.model).to(hw.device)
+        self.optimizers = make_optimizers(self.model, tc, hw)
+        self.scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
+        self.sampler = np.random.default_rng(tc.seed)  # one global batch sampler, identical on every rank
+        self.progress = Progress()
+        # this rank's loss summed over the current log window: one tensor, continued across a resume so the
+        # logged mean is bit-identical to an uninterrupted run's (and no per-step device sync)
+        self.window_loss = torch.zeros((), device=hw.device)
+
+    def end_log_window(self) -> float:
+        """The mean train loss over the log window's steps and ranks; starts the next window."""
+        loss = distributed.mean(self.window_loss, self.ranks).item() / self.progress.window_steps
+        self.window_loss.zero_()
+        self.progress.window_steps = 0
+        return loss
+
+    def add_val_point(self, step: int, val: float, best_path: Path) -> None:
+        """Record a validation loss; a new best one saves the model to best_path."""
+        self.progress.val_points.append((step, val))
+        if val < self.progress.best_val:
+            self.progress.best_val = val
+            checkpoint.save(best_path, self.model, step=step, val_loss=val, tokenizer=self.tokenizer)
+
+    def save(self, path: Path) -> None:
+        """Write last.pt. A collective: every rank calls it (each rank's RNGs and loss window go in)."""
+        rank_states = distributed.gather(self._rank_state(), self.ranks)
+        if self.ranks.is_main:
+            p = self.progress
+            checkpoint.save(path, self.model, step=p.step, val_loss=p.val_points[-1][1], tokenizer=self.tokenizer,
+                            training={"fingerprint": self.fingerprint, "optimizers": [o.state_dict() for o in self.optimizers],
+                                      "scaler": self.scaler.state_dict(), "sampler": self.sampler.bit_generator.state,
+                                      "ranks": rank_states, "progress": dataclasses.asdict(p)})
+
+    def resume(self, path: Path, max_iters: int, say) -> int:
+        """Load path's training state when it belongs to this run and is unfinished: the step resumed at, or -1.
+
+        A damaged file (truncated, garbage) is moved aside to path.damaged, and the run starts fresh.
+        """
+        if not path.exists():
+            return -1
+        try:
+            state = checkpoint.load(path, map_location=self.hw.device)
+        except checkpoint.DamagedCheckpoint as err:
+            aside = path.with_name(path.name + ".damaged")
+            if self.ranks.is_main:  # the other ranks find it damaged or gone: they start fresh too
+                os.replace(path, aside)
+            say(f"{err}; moved it to {aside} and starting fresh")
+            return -1
+        training = state.get("training")
+        if training is None:
+            say(f"{path}: holds no training state; starting fresh")
+            return -1
+        if training["fingerprint"] != self.fingerprint:
+            say(f"{path}: params changed since it was saved ({_changes(training['fingerprint'], self.fingerprint)}); "
+                f"starting fresh")
+            return -1
+        if state["step"] >= max_iters:
+            say(f"{path}: that run finished (step {state['step']}); starting fresh")
+            return -1
+        self.model.load_state_dict(state["model"])
+        for optimizer, saved in zip(self.optimizers, training["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.scaler.load_state_dict(training["scaler"])
+        self.sampler.bit_generator.state = training["sampler"]
+        self._restore_rank_state(training["ranks"][self.ranks.rank])
+        p = self.progress = Progress(**training["progress"])
+        p.train_points, p.val_points = [tuple(x) for x in p.train_points], [tuple(x) for x in p.val_points]
+        say(f"resuming from {path} at step {p.step} of {max_iters}")
+        return p.step
+
+    def _rank_state(self) -> dict:
+        """What differs between ranks: the RNGs, and the loss summed so far in the log window."""
+        legacy = np.random.get_state()
+        return {
+            "window_loss": self.window_loss.item(),
+            "python": random.getstate(),
+            "numpy": (legacy[0], legacy[1].tolist(), *legacy[2:]),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.hw.device) if self.hw.device_type == "cuda" else None,
+        }
+
+    def _restore_rank_state(self, state: dict) -> None:
+        self.window_loss.fill_(state["window_loss"])  # float32 -> Python float -> float32 is exact
+        random.setstate(state["python"])
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+        torch.set_rng_state(state["torch"].cpu())
+        if state["cuda"] is not None and self.hw.device_type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"].cpu(), self.hw.device)
 
 
-def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_path) -> dict:
-    if ranks.enabled:
-        if hw.device_type == "cuda":
-            hw = dataclasses.replace(hw, device=torch.device("cuda", ranks.local_rank))
-        else:  # share the cores among this node's processes
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
-            torch.set_num_threads(max(1, (params.hardware.threads or os.cpu_count() or 1) // local))
-    if tc.grad_accum_steps % ranks.world_size:
-        raise UserError(f"train.grad_accum_steps ({tc.grad_accum_steps}) must be divisible by the number of "
-                        f"processes ({ranks.world_size}); each process takes an equal share of the micro-batches")
-    if hw.device_type == "cpu":
-        hardware.keep_freed_memory()
-    seed_everything(tc.seed + ranks.rank)
+class Validation:
+    """The fixed validation windows, drawn once from the seed: every evaluation scores the very same tokens."""
 
+    def __init__(self, data: np.ndarray, tc: TrainConfig, block_size: int, hw: hardware.Hardware, split: dict):
+        self.data, self.block_size, self.hw = data, block_size, hw
+        self.offsets = step_offsets(np.random.default_rng(tc.seed + 1), data, tc.eval_iters, tc.batch_size,
+                                    block_size)
+        # meta.json's {"tokens", "bytes"} of the split: its targets per UTF-8 byte, as evaluate counts them
+        self._targets_per_byte = (split["tokens"] - 1) / split["bytes"] if split["bytes"] else math.nan
+
+    def bits_per_byte(self, loss: float) -> float:
+        """An estimate of the split's bits per byte from the windows' mean loss (nats per token): the loss in bits
+        times the whole split's tokens per byte. The evaluate stage's bits_per_byte is the exact whole-split one."""
+        return loss / math.log(2) * self._targets_per_byte
+
+    def loss(self, forward, model: GPT) -> float:
+        """Mean loss over the windows, through `forward` (the model, maybe compiled) in eval mode."""
+        model.eval()
+        with torch.no_grad(), self.hw.autocast():
+            losses = [forward(*windows(self.data, o, self.block_size, self.hw.device)).item() for o in self.offsets]
+        model.train()
+        return float(np.mean(losses))
+
+
+def load_data(tokens_dir: Path, params: Params) -> tuple[dict, np.memmap, np.memmap]:
+    """meta.json and the train and validation tokens, checked against the params."""
+    cfg, tc = params.model, params.train
     meta = bins.read_meta(tokens_dir)
-    train_data = bins.load_split(tokens_dir, "train")
-    val_data = bins.load_split(tokens_dir, "validation")
-    check_data(train_data, val_data, cfg.block_size)
-    if meta["tokenizer"] != params.tokenizer.name:
-        raise UserError(f"{tokens_dir}/meta.json: tokens are from tokenizer {meta['tokenizer']!r} but tokenizer.name "
-                        f"is {params.tokenizer.name!r}; rerun: dvc repro tokenize")
+    bins.check_tokenizer(meta, params.tokenizer, cfg.vocab_size, tokens_dir)
+    train_data = bins.load_split(tokens_dir, "train", cfg.block_size)
+    val_data = bins.load_split(tokens_dir, "validation", cfg.block_size)
     windows_available = len(val_data) - cfg.block_size
     if tc.eval_iters * tc.batch_size > windows_available:
         raise UserError(f"train.eval_iters x train.batch_size = {tc.eval_iters * tc.batch_size} validation windows, "
                         f"but the validation split has only {windows_available} distinct windows of "
                         f"model.block_size tokens; lower train.eval_iters or use more validation stories")
-    if meta["vocab_size"] > cfg.vocab_size:
-        raise UserError(f"{tokens_dir}/meta.json: tokenizer has {meta['vocab_size']} ids but model.vocab_size is "
-                        f"{cfg.vocab_size}; set model.vocab_size to at least {meta['vocab_size']}")
-    for name, data in (("train", train_data), ("validation", val_data)):
-        top = int(data.max())  # one pass over the memmap; an id past the embedding would crash mid-run
-        if top >= meta["vocab_size"]:
-            raise UserError(f"{tokens_dir}/{name}.bin: token id {top} is not below the tokenizer's "
-                            f"{meta['vocab_size']} ids, so the file is damaged; rerun: dvc repro --force tokenize")
+    return meta, train_data, val_data
 
-    model = GPT(cfg).to(hw.device)
-    optimizer = model.optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=hw.device_type == "cuda")
-    scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
-    sampler = np.random.default_rng(tc.seed)  # one global sampler, identical on every rank
-    progress = Progress()
-    print_main = _printer(ranks)
 
+def train(params: Params, tokens_dir, models_dir, live_dir, plot_path) -> dict:
+    """Train (or resume); write models_dir/{best,last}.pt, dvclive metrics and the loss plot.
+
+    Returns a summary; summary["interrupted"] is True when Ctrl-C / SIGTERM stopped it after saving.
+    """
+    hw = hardware.setup(params.hardware)
+    ranks = distributed.init(hw.device_type)
+    try:
+        return _train(params, _share_hardware(hw, ranks, params), ranks, Path(tokens_dir), Path(models_dir),
+                      live_dir, plot_path)
+    finally:
+        distributed.shutdown(ranks)
+
+
+def _share_hardware(hw: hardware.Hardware, ranks: distributed.Ranks, params: Params) -> hardware.Hardware:
+    """This rank's device (its own GPU; on CPU, its share of the cores), and the malloc tuning on CPU."""
+    if params.train.grad_accum_steps % ranks.world_size:
+        raise UserError(f"train.grad_accum_steps ({params.train.grad_accum_steps}) must be divisible by the number of "
+                        f"processes ({ranks.world_size}); each process takes an equal share of the micro-batches")
+    if ranks.enabled and hw.device_type == "cuda":
+        hw = dataclasses.replace(hw, device=torch.device("cuda", ranks.local_rank))
+    elif ranks.enabled:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+        torch.set_num_threads(max(1, cpu_threads(params.hardware.threads) // local))
+    if hw.device_type == "cpu":
+        hardware.keep_freed_memory()
+    return hw
+
+
+def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_dir, plot_path) -> dict:
+    tc, cfg = params.train, params.model
+    seed_everything(tc.seed + ranks.rank)
+    meta, train_data, val_data = load_data(tokens_dir, params)
+    state = TrainState(params, meta, hw, ranks)
+    model, say = state.model, _printer(ranks)
     last_path, best_path = models_dir / "last.pt", models_dir / "best.pt"
-    fp = fingerprint(params, meta, hw, ranks.world_size)
-    # this rank's loss summed over the current log window: one tensor, continued across a resume so the
-    # logged mean is bit-identical to an uninterrupted run's (and no per-step device sync)
-    window_loss = torch.zeros((), device=hw.device)
-    resumed = _resume(last_path, fp, model, optimizer, scaler, sampler, progress, window_loss, ranks, hw, tc,
-                      print_main)
-
-    forward = maybe_compile(model, params.hardware.compile)
-    evaluator = forward
+    resumed_at = state.resume(last_path, tc.max_iters, say)
+    evaluator = forward = maybe_compile(model, params.hardware.compile)  # validation: this rank alone, no DDP
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[ranks.local_rank] if hw.device_type == "cuda" else None)
-
-    val_offsets = random_offsets(np.random.default_rng(tc.seed + 1), val_data, tc.eval_iters * tc.batch_size,
-                                 cfg.block_size).reshape(tc.eval_iters, tc.batch_size)
+    validation = Validation(val_data, tc, cfg.block_size, hw, meta["splits"]["validation"])
     per_rank = tc.grad_accum_steps // ranks.world_size
     tokens_per_step = tc.batch_size * tc.grad_accum_steps * cfg.block_size
-
-    def validation_loss() -> float:
-        model.eval()
-        with torch.no_grad(), hw.autocast():
-            losses = [evaluator(*windows(val_data, o, cfg.block_size, hw.device)).item() for o in val_offsets]
-        model.train()
-        return float(np.mean(losses))
-
-    def save_last() -> None:
-        rank_states = distributed.gather(_rank_state(hw, window_loss), ranks)  # a collective: every rank calls it
-        if ranks.is_main:
-            checkpoint.save(last_path, model, step=progress.step, val_loss=progress.val_points[-1][1],
-                            tokenizer=meta["tokenizer"], training={
-                                "fingerprint": fp, "optimizer": optimizer.state_dict(),
-                                "scaler": scaler.state_dict(), "sampler": sampler.bit_generator.state,
-                                "ranks": rank_states, "progress": dataclasses.asdict(progress)})
-
-    print_main(f"training {model.num_params() / 1e6:.2f}M parameters ({model.num_params(embeddings=False) / 1e6:.2f}M "
-               f"outside the embeddings) on {hw.device} x{ranks.world_size} in {str(hw.dtype).removeprefix('torch.')}, "
-               f"{tokens_per_step} tokens per step")
-    stop = _StopRequest()
-    live = _live(live_dir, progress) if ranks.is_main else None
-    bar = tqdm(total=tc.max_iters, initial=progress.step, desc="train", unit="step", file=sys.stderr,
+    say(f"training {model.num_params() / 1e6:.2f}M parameters ({model.num_params(embeddings=False) / 1e6:.2f}M "
+        f"outside the embeddings) on {hw.device} x{ranks.world_size} in {str(hw.dtype).removeprefix('torch.')}, "
+        f"{tokens_per_step} tokens per step")
+    stop, live = _StopRequest(), _live(live_dir, state.progress, validation) if ranks.is_main else None
+    bar = tqdm(total=tc.max_iters, initial=state.progress.step, desc="train", unit="step", file=sys.stderr,
                disable=not ranks.is_main)
     interrupted = False
     try:
         window_start = time.perf_counter()
         while True:
-            step = progress.step
-            saved = step == resumed  # at the resumed step, evaluating and saving were done before the checkpoint
+            step = state.progress.step
+            saved = step == resumed_at  # at the resumed step, evaluating and saving were done before the checkpoint
             if not saved:
                 paused = time.perf_counter()
                 if ranks.is_main and (step % tc.eval_interval == 0 or step == tc.max_iters):
-                    val = validation_loss()
-                    progress.val_points.append((step, val))
-                    _log(live, step, {"val/loss": val})
-                    if val < progress.best_val:
-                        progress.best_val = val
-                        checkpoint.save(best_path, model, step=step, val_loss=val, tokenizer=meta["tokenizer"])
-                    bar.set_postfix(val=f"{val:.3f}", refresh=False)
+                    val = validation.loss(evaluator, model)
+                    bpb = validation.bits_per_byte(val)
+                    _log(live, step, {"val/loss": val}, {"val/bpb": bpb})
+                    state.add_val_point(step, val, best_path)
+                    bar.set_postfix(val=f"{val:.3f}", val_bpb=f"{bpb:.3f}", refresh=False)
                 if step > 0 and (step % tc.checkpoint_interval == 0 or step == tc.max_iters):
-                    save_last()
+                    state.save(last_path)
                     saved = True
                 window_start += time.perf_counter() - paused  # evaluating and saving is not training throughput
             if step == tc.max_iters:
                 break
             if distributed.any_rank(stop.requested, ranks, hw.device):
                 if not saved:
-                    save_last()
+                    state.save(last_path)
                 interrupted = True
                 break
             faults.trip(f"step:{step}")
 
-            offsets = random_offsets(sampler, train_data, tc.grad_accum_steps * tc.batch_size, cfg.block_size)
-            mine = offsets.reshape(tc.grad_accum_steps, tc.batch_size)[ranks.rank * per_rank:][:per_rank]
-            micro_batches = (windows(train_data, o, cfg.block_size, hw.device) for o in mine)
-            loss = optimizer_step(forward, optimizer, scaler, micro_batches, lr_at(step, tc), tc.grad_clip, hw)
-            window_loss += loss
-            progress.window_steps += 1
-            progress.step = step = step + 1
+            offsets = step_offsets(state.sampler, train_data, tc.grad_accum_steps, tc.batch_size, cfg.block_size)
+            micro_batches = (windows(train_data, o, cfg.block_size, hw.device)
+                             for o in offsets[ranks.rank * per_rank:][:per_rank])
+            state.window_loss += optimizer_step(forward, state.optimizers, state.scaler, micro_batches,
+                                                lrs_at(step, tc), tc.grad_clip, hw)
+            state.progress.window_steps += 1
+            state.progress.step = step = step + 1
             bar.update()
 
             if step % tc.log_interval == 0:
-                train_loss = distributed.mean(window_loss, ranks).item() / progress.window_steps
-                tok_s = progress.window_steps * tokens_per_step / (time.perf_counter() - window_start)
-                progress.train_points.append((step, train_loss))
+                train_loss, seconds = state.end_log_window(), time.perf_counter() - window_start
+                tok_s = tc.log_interval * tokens_per_step / seconds
+                state.progress.train_points.append((step, train_loss))
                 _log(live, step, {"train/loss": train_loss},
                      {"lr": lr_at(step - 1, tc), "tokens": step * tokens_per_step, "tokens_per_sec": tok_s})
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{progress.best_val:.3f}")
-                window_loss.zero_()
-                progress.window_steps = 0
+                best = state.progress.best_val
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}", val=f"{best:.3f}",
+                                val_bpb=f"{validation.bits_per_byte(best):.3f}")
                 window_start = time.perf_counter()
     finally:
         stop.restore()
@@ -256,41 +368,11 @@ def _train(params, tc, cfg, hw, ranks, tokens_dir, models_dir, live_dir, plot_pa
         if live is not None:
             live.end()
 
+    p = state.progress
     if ranks.is_main:
-        plot_loss(progress.train_points, progress.val_points, plot_path,
-                  title=f"{cfg.n_layer} layers x {cfg.n_embd}, best val loss {progress.best_val:.3f}")
-    return {"best_val_loss": progress.best_val, "steps": progress.step, "interrupted": interrupted}
-
-
-def _resume(path: Path, fp: dict, model, optimizer, scaler, sampler, progress: Progress, window_loss, ranks, hw,
-            tc, say) -> int:
-    """Load last.pt's training state when it belongs to this run and is unfinished; the step resumed at, or -1."""
-    if not path.exists():
-        return -1
-    state = checkpoint.load(path, map_location=hw.device)
-    training = state.get("training")
-    if training is None:
-        say(f"{path}: holds no training state; starting fresh")
-        return -1
-    if training["fingerprint"] != fp:
-        changed = _changes(training["fingerprint"], fp)
-        say(f"{path}: params changed since it was saved ({changed}); starting fresh")
-        return -1
-    if state["step"] >= tc.max_iters:
-        say(f"{path}: that run finished (step {state['step']}); starting fresh")
-        return -1
-    rank_states = training["ranks"]
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(training["optimizer"])
-    scaler.load_state_dict(training["scaler"])
-    sampler.bit_generator.state = training["sampler"]
-    _restore_rank_state(rank_states[ranks.rank], hw, window_loss)
-    for key, value in training["progress"].items():
-        setattr(progress, key, value)
-    progress.train_points = [tuple(p) for p in progress.train_points]
-    progress.val_points = [tuple(p) for p in progress.val_points]
-    say(f"resuming from {path} at step {progress.step} of {tc.max_iters}")
-    return progress.step
+        plot_loss(p.train_points, p.val_points, plot_path,
+                  title=f"{cfg.n_layer} layers x {cfg.n_embd}, best val loss {p.best_val:.3f}")
+    return {"best_val_loss": p.best_val, "steps": p.step, "interrupted": interrupted}
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> str:
@@ -305,29 +387,7 @@ def _changes(old: dict, new: dict, prefix: str = "") -> str:
     return ", ".join(diffs[:4])
 
 
-def _rank_state(hw: hardware.Hardware, window_loss: torch.Tensor) -> dict:
-    """What differs between ranks: the RNGs, and the loss summed so far in the log window."""
-    legacy = np.random.get_state()
-    return {
-        "window_loss": window_loss.item(),
-        "python": random.getstate(),
-        "numpy": (legacy[0], legacy[1].tolist(), *legacy[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(hw.device) if hw.device_type == "cuda" else None,
-    }
-
-
-def _restore_rank_state(state: dict, hw: hardware.Hardware, window_loss: torch.Tensor) -> None:
-    window_loss.fill_(state["window_loss"])  # float32 -> Python float -> float32 is exact
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] is not None and hw.device_type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"].cpu(), hw.device)
-
-
-def _live(live_dir, progress: Progress):
+def _live(live_dir, progress: Progress, validation: Validation):
     """A dvclive logger; on resume the curves so far are written again from the checkpoint's history,
     so they continue exactly (points logged after that checkpoint are not kept)."""
     from dvclive import Live  # slow import; only the train stage needs it
@@ -339,7 +399,8 @@ def _live(live_dir, progress: Progress):
     for step, loss in progress.val_points:
         history.setdefault(step, {})["val/loss"] = loss
     for step in sorted(history):
-        _log(live, step, history[step])
+        loss = history[step].get("val/loss", math.nan)
+        _log(live, step, history[step], {"val/bpb": validation.bits_per_byte(loss)})
     return live
 
 
@@ -350,7 +411,8 @@ def _log(live, step: int, curves: dict, summary_only: dict | None = None) -> Non
     for name, value in curves.items():
         live.log_metric(name, value)
     for name, value in (summary_only or {}).items():  # metrics.json only: dvc.yaml declares just the loss curves
-        live.log_metric(name, value, plot=False)
+        if not math.isnan(value):  # NaN: no value (a split of no bytes has no bits per byte)
+            live.log_metric(name, value, plot=False)
     live.next_step()
 
 
@@ -381,15 +443,22 @@ def _printer(ranks):
 
 
 def maybe_compile(model: GPT, enabled: bool):
-    """torch.compile'd forward when asked and it works here; otherwise the eager model, with a warning."""
+    """torch.compile'd model when asked and it works here; otherwise the eager model, with one warning.
+
+    A trial forward finds out (inductor fails at the first call when there is no C++ compiler, say). It runs
+    under a forked RNG, so dropout in it draws nothing from the run's random streams: resume stays exact.
+    """
     if not enabled:
         return model
+    device = next(model.parameters()).device
     try:
         compiled = torch.compile(model)
-        with torch.no_grad():
-            idx = torch.zeros((1, 8), dtype=torch.long, device=next(model.parameters()).device)
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            idx = torch.zeros((1, 8), dtype=torch.long, device=device)
             compiled(idx, idx)
         return compiled
     except Exception as err:  # compile needs a C++ toolchain and more; training must not depend on it
-        warnings.warn(f"torch.compile failed, running without it: {str(err).splitlines()[0][:200]}")
+        cause = textwrap.shorten(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
+                                 width=200, placeholder="...")
+        warnings.warn(f"torch.compile failed, running without it: {cause}", stacklevel=2)
         return model
