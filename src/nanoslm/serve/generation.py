@@ -144,7 +144,7 @@ class Scheduler:
         self._queue: deque[Job] = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self._running = 0
+        self._running: Optional[Job] = None  # the job the worker is stepping, out of the queue meanwhile
         self.stats = {"submitted": 0, "completed": 0, "cancelled": 0, "failed": 0, "tokens_generated": 0}
         self._thread = threading.Thread(target=self._run, name="nanoslm-generate", daemon=True)
         self._thread.start()
@@ -159,18 +159,18 @@ class Scheduler:
 
     def snapshot(self) -> dict:
         with self._cv:
-            return {**self.stats, "active": len(self._queue) + self._running}
+            return {**self.stats, "active": len(self._queue) + (self._running is not None)}
 
     def cancel_all(self) -> None:
         with self._cv:
-            for job in self._queue:
+            for job in [*self._queue, *filter(None, [self._running])]:
                 job.cancel()
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel every job, end the thread."""
         with self._cv:
             self._closed = True
-            for job in self._queue:
+            for job in [*self._queue, *filter(None, [self._running])]:
                 job.cancel()
             self._cv.notify_all()
         self._thread.join(timeout)
@@ -182,13 +182,12 @@ class Scheduler:
                     self._cv.wait()
                 if not self._queue:
                     return
-                job = self._queue.popleft()
-                self._running = 1
+                job = self._running = self._queue.popleft()
             try:
                 self._turn(job)
             finally:
                 with self._cv:
-                    self._running = 0
+                    self._running = None
 
     def _turn(self, job: Job) -> None:
         if job.cancelled:
@@ -205,14 +204,13 @@ class Scheduler:
             self._count("failed", job)
             job.sink([], True, "generation failed; see the server's log")
             return
+        job.sink(events, done, None)
         with self._cv:
             self.stats["tokens_generated"] += job.work - work
-        job.sink(events, done, None)
-        if done:
-            self._count("completed", job)
-            return
-        with self._cv:
-            self._queue.append(job)
+            if done:
+                self.stats["completed"] += 1
+            else:
+                self._queue.append(job)
 
     def _count(self, what: str, job: Job) -> None:
         with self._cv:

@@ -47,6 +47,7 @@ class Limit:
     off: Optional[int] = None  # this value (or null) turns the setting off
     step: Optional[float] = None  # the page's input step
     help: str = ""
+    hint: str = ""  # the page's one-line note under the field
 
     def describe(self, high: Optional[float] = None) -> str:
         high = self.high if high is None else high
@@ -83,19 +84,22 @@ class Limit:
     def page(self) -> dict:
         return {"name": self.name, "label": self.label, "type": self.kind.__name__, "min": self.low, "max": self.high,
                 "min_exclusive": self.low_open, "default": self.default, "off": self.off, "step": self.step,
-                "help": self.help, "allowed": self.describe()}
+                "help": self.help, "hint": self.hint, "allowed": self.describe()}
 
 
 TEMPERATURE = Limit("temperature", "Temperature", float, 0.0, 2.0, DEFAULT.temperature, step=0.05,
-                    help="randomness: lower is safer; 0 always picks the most likely token")
+                    help="randomness: lower is safer; 0 always picks the most likely token", hint="0 to 2; 0 = greedy")
 TOP_K = Limit("top_k", "Top-k", int, 1, N_VOCAB, DEFAULT.top_k, off=0, step=1,
-              help="sample among the k most likely tokens; 0 = all (at most the model's vocabulary)")
+              help="sample among the k most likely tokens; 0 = all (at most the model's vocabulary)",
+              hint=f"1 to {N_VOCAB}; 0 = all")
 TOP_P = Limit("top_p", "Top-p", float, 0.0, 1.0, DEFAULT.top_p, low_open=True, step=0.01,
-              help="nucleus: the fewest most likely tokens holding this much probability; 1 = off")
+              help="nucleus: the fewest most likely tokens holding this much probability; 1 = off",
+              hint="over 0, up to 1; 1 = off")
 MAX_TOKENS = Limit("max_tokens", "Max new tokens", int, 1, 2048, DEFAULT.max_new_tokens, step=1,
-                   help="the story ends at <|endoftext|> or after this many new tokens")
+                   help="the story ends at <|endoftext|> or after this many new tokens", hint="1 to 2048")
 SEED = Limit("seed", "Seed", int, 0, 2**32 - 1, None, step=1,
-             help="the same seed and settings write the same story; empty = a random one")
+             help="the same seed and settings write the same story; empty = a random one",
+             hint="empty = random")
 N = Limit("n", "Stories", int, 1, MAX_ROWS, 1, step=1, help="stories per prompt; story i uses seed + i")
 
 SAMPLING_FIELDS = (TEMPERATURE, TOP_K, TOP_P, MAX_TOKENS, SEED)  # the page's form, in its order

@@ -42,9 +42,10 @@ class ModelEntry:
     params: dict = field(default_factory=dict)  # params that differ from the baseline commit
     metrics: dict = field(default_factory=dict)
     baseline: Optional[str] = None
+    aliases: tuple = ()  # other names a request may use
 
     def public(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "source": self.source, "rev": self.rev,
+        return {"id": self.id, "aliases": list(self.aliases), "kind": self.kind, "source": self.source, "rev": self.rev,
                 "available": self.available, "reason": self.reason, "params": self.params,
                 "metrics": self.metrics, "baseline": self.baseline}
 
@@ -86,7 +87,13 @@ class Registry:
     async def entries(self, refresh: bool = False) -> list[ModelEntry]:
         if self._experiments is None or refresh:
             await asyncio.to_thread(self._list_experiments)
-        return [self.checkpoint_entry(), *(self._experiments or [])]
+        first, rest = self.checkpoint_entry(), list(self._experiments or [])
+        workspace = next((e for e in rest if e.kind == "workspace"), None)
+        if workspace is not None and self._is_workspace_model(self.checkpoint):  # one model: listed once
+            rest.remove(workspace)
+            first.kind, first.aliases, first.baseline = "workspace", ("workspace",), workspace.baseline
+            first.params, first.metrics = workspace.params, workspace.metrics or first.metrics
+        return [first, *rest]
 
     def _list_experiments(self) -> None:
         with self._list_lock:
@@ -97,7 +104,8 @@ class Registry:
         entries = [self.checkpoint_entry()]
         if model_id is not None and model_id != entries[0].id:
             entries = await self.entries()
-        wanted = entries[0] if model_id is None else next((e for e in entries if e.id == model_id), None)
+        wanted = entries[0] if model_id is None else next(
+            (e for e in entries if model_id == e.id or model_id in e.aliases), None)
         if wanted is None:
             known = ", ".join(repr(e.id) for e in entries if e.available) or "none"
             raise ApiError(404, f"model {model_id!r} is not served here; available: {known} (GET /v1/models)",
@@ -217,8 +225,8 @@ def check_available(repo: Path, entry: ModelEntry) -> None:
     except Exception as err:  # noqa: BLE001 - DVC raises many kinds; each is a reason to show
         entry.available = False
         lines = str(err).strip().splitlines()
-        entry.reason = f"{MODEL_PATH} cannot be read from the local DVC cache: " \
-                       f"{lines[0][:200] if lines else type(err).__name__}"
+        entry.reason = (f"{MODEL_PATH} is not in the local DVC cache (`dvc exp pull` or `dvc pull` may fetch it); "
+                        f"DVC says: {lines[0][:200] if lines else type(err).__name__}")
 
 
 def parse_exp_show(rows: list) -> list[ModelEntry]:

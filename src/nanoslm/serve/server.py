@@ -54,7 +54,12 @@ def serve_forever(registry, host: str, port: int, log_level: str = "info", on_re
     sock = bind(host, port)
     if on_ready:
         on_ready(url_of(sock))
-    _Server(_config(app, log_level), app).run(sockets=[sock])
+    try:
+        _Server(_config(app, log_level), app).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has shut down cleanly
+        pass
+    finally:
+        sock.close()
 
 
 @contextlib.contextmanager

@@ -38,11 +38,11 @@ function buildSampling(settings) {
       id, name: f.name, type: "number", inputmode: f.type === "int" ? "numeric" : "decimal",
       min: f.min_exclusive ? null : f.min, max: f.max, step: f.step ?? "any",
       value: f.default ?? "", placeholder: f.name === "seed" ? "random" : null,
-      "aria-describedby": `${id}-help`,
+      title: `${f.help}. Allowed: ${f.allowed}.`, "aria-describedby": `${id}-help`,
     });
     box.append(el("div", { class: "field" },
       el("label", { for: id, text: f.label }), input,
-      el("p", { id: `${id}-help`, class: "help", text: `${f.help}. Allowed: ${f.allowed}.` })));
+      el("p", { id: `${id}-help`, class: "help", text: f.hint })));
   }
   $("#prompt").maxLength = settings.max_prompt_chars;
 }
@@ -149,7 +149,7 @@ async function showInfo(node, id) {
   const m = state.info.get(id);
   const bpb = m.bits_per_byte === null ? "unknown" : `${m.bits_per_byte.toFixed(3)} (${m.bits_per_byte_from})`;
   const rows = [["Checkpoint", m.source], ["Step", m.step ?? "unknown"],
-                ["Size", `${m.n_layer} layers × ${m.n_embd} wide, context ${m.block_size}`],
+                ["Size", `${m.n_layer} layer${m.n_layer === 1 ? "" : "s"} × ${m.n_embd} wide, context ${m.block_size}`],
                 ["Vocabulary", m.vocab_size], ["Val bits/byte", bpb]];
   dl.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
 }
