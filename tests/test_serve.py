@@ -468,10 +468,13 @@ def test_page_streams_a_story(browser, server, ckpt, tmp_path):
     if os.environ.get("NANOSLM_SCREENSHOT"):
         shutil.copy(shot, os.environ["NANOSLM_SCREENSHOT"])
 
-    # keyboard: Tab goes from the prompt to the first setting; Enter writes; Esc stops (and so does the server)
+    # keyboard: Tab goes from the prompt to Write, then (Stop being off) to the first setting; Enter writes; Esc
+    # stops (and so does the server)
     before = stats(server)
     prompt = browser.find_element(By.ID, "prompt")
     prompt.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "write"
+    browser.switch_to.active_element.send_keys(Keys.TAB)
     assert browser.switch_to.active_element.get_attribute("id") == "f-temperature"
     screenshot.set_field(browser, "f-max_tokens", 2000)
     prompt.send_keys(Keys.ENTER)

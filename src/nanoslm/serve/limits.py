@@ -95,7 +95,7 @@ TOP_K = Limit("top_k", "Top-k", int, 1, N_VOCAB, DEFAULT.top_k, off=0, step=1,
 TOP_P = Limit("top_p", "Top-p", float, 0.0, 1.0, DEFAULT.top_p, low_open=True, step=0.01,
               help="nucleus: the fewest most likely tokens holding this much probability; 1 = off",
               hint="over 0, up to 1; 1 = off")
-MAX_TOKENS = Limit("max_tokens", "Max new tokens", int, 1, 2048, DEFAULT.max_new_tokens, step=1,
+MAX_TOKENS = Limit("max_tokens", "Max tokens", int, 1, 2048, DEFAULT.max_new_tokens, step=1,
                    help="the story ends at <|endoftext|> or after this many new tokens", hint="1 to 2048")
 SEED = Limit("seed", "Seed", int, 0, 2**32 - 1, None, step=1,
              help="the same seed and settings write the same story; empty = a random one",

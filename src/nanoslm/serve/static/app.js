@@ -172,6 +172,7 @@ async function write() {
   $("#write").disabled = true;
   $("#stop").disabled = false;
   status(`Writing with seed ${seed}…`);
+  if (window.matchMedia("(max-width: 760px)").matches) columns[0].scrollIntoView({ block: "start" });  // phones
   const results = await Promise.all(columns.map((column) => stream(column, prompt, { ...values, seed })));
   $("#write").disabled = false;
   $("#stop").disabled = true;
