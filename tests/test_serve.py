@@ -210,6 +210,18 @@ def _get_status(url):
         return err.code, err.read().decode()
 
 
+def test_a_broken_or_missing_checkpoint_is_a_4xx_not_a_crash(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with running(Registry(broken, None, CPU)) as url:
+        status, text = post(f"{url}/v1/completions", {"prompt": "a"})
+        assert status == 409 and "cannot be loaded" in text and "broken.pt" in text
+        broken.unlink()
+        status, text = post(f"{url}/v1/completions", {"prompt": "a"})
+        assert status == 404 and "train one first" in text
+        assert get(f"{url}/v1/models")["data"] == [] and get(f"{url}/health")["status"] == "ok"
+
+
 def test_openai_client_sees_the_error(client, ckpt):
     import openai
 

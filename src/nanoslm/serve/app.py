@@ -125,8 +125,7 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
     async def api_error(request: Request, exc: ApiError) -> Response:
         return error_response(exc)
 
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    async def server_error(request: Request, exc: Exception) -> Response:  # a bug: uvicorn logs its traceback
         return error_response(ApiError(500, "internal server error; see the server's log", code="internal_error"))
 
     @contextlib.asynccontextmanager

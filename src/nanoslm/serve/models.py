@@ -7,6 +7,7 @@ thread, and the few most recently used stay in memory.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -172,7 +173,12 @@ def _load_from_dvc(repo: Path, rev: Optional[str], hw: hardware.Hardware):
 
     import dvc.api
 
-    with dvc.api.open(MODEL_PATH, repo=str(repo), rev=rev, mode="rb") as f:
+    with contextlib.ExitStack() as stack:
+        try:
+            f = stack.enter_context(dvc.api.open(MODEL_PATH, repo=str(repo), rev=rev, mode="rb"))
+        except Exception as err:  # noqa: BLE001 - e.g. the cache was garbage-collected since it was listed
+            lines = str(err).strip().splitlines()
+            raise UserError(f"{MODEL_PATH} at {rev}: {lines[0][:200] if lines else type(err).__name__}") from None
         name = getattr(f, "name", None)
         if isinstance(name, str) and os.path.isfile(name):  # the local cache's own file: no copy
             return load_engine(name, hw)
@@ -219,14 +225,14 @@ def check_available(repo: Path, entry: ModelEntry) -> None:
     import dvc.api
 
     try:
-        with dvc.api.open(MODEL_PATH, repo=str(repo), rev=entry.rev, mode="rb",
-                          config={"core": {"remote": ""}}) as f:
+        with dvc.api.open(MODEL_PATH, repo=str(repo), rev=entry.rev, mode="rb") as f:
             f.read(1)
     except Exception as err:  # noqa: BLE001 - DVC raises many kinds; each is a reason to show
         entry.available = False
         lines = str(err).strip().splitlines()
-        entry.reason = (f"{MODEL_PATH} is not in the local DVC cache (`dvc exp pull` or `dvc pull` may fetch it); "
-                        f"DVC says: {lines[0][:200] if lines else type(err).__name__}")
+        entry.reason = (f"{MODEL_PATH} (md5 {str(entry.out_hash)[:8]}…) cannot be read from the local DVC cache "
+                        f"(`dvc exp pull` or `dvc pull` may fetch it); DVC says: "
+                        f"{lines[0][:200] if lines else type(err).__name__}")
 
 
 def parse_exp_show(rows: list) -> list[ModelEntry]:
