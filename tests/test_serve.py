@@ -148,7 +148,8 @@ def test_usage_and_timing_at_the_end_of_a_stream(server, ckpt):
     last = json.loads(events[-2])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5 and last["seed"] == 1
     assert last["timing"]["tokens_per_second"] > 0
-    assert get(f"{server}/healthz")["status"] == "ok"
+    health = get(f"{server}/healthz")
+    assert health["status"] == "ok" and health["loaded"] == [str(ckpt)]
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -435,9 +436,24 @@ def test_experiments_are_listed_and_served(exp_server, experiments):
                                                                                    Sampling(8), 4)
     status, text = post(f"{exp_server}/v1/completions", {"model": "gone", "prompt": "Hi"})
     assert status == 404 and "unavailable" in json.loads(text)["error"]["message"]
+    assert set(get(f"{exp_server}/health")["loaded"]) == {"narrow", "wide", workspace}  # up to 3 stay loaded
     info = get(f"{exp_server}/api/model?id=wide")
     assert (info["n_layer"], info["n_embd"], info["vocab_size"], info["step"]) == (1, 32, 50257, 7)
     assert info["bits_per_byte"] == pytest.approx(2.32) and info["bits_per_byte_from"] == "metrics/eval.json"
+
+
+def test_only_a_few_engines_stay_loaded(experiments):
+    import asyncio
+
+    repo, _ = experiments
+    registry = Registry(repo / "models" / "best.pt", repo, CPU, max_engines=2)
+
+    async def use(*names):
+        for name in names:
+            await registry.load(await registry.find(name))
+        return registry.loaded()
+
+    assert asyncio.run(use("narrow", "wide", "narrow", "workspace")) == ["narrow", str(repo / "models" / "best.pt")]
 
 
 # --- the page in a real browser ----------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
         return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "streams": scheduler.snapshot()})
+        return JSONResponse({"status": "ok", "streams": scheduler.snapshot(), "loaded": registry.loaded()})
 
     async def settings(request: Request) -> Response:
         return JSONResponse(limits.settings())

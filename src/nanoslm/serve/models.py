@@ -137,6 +137,10 @@ class Registry:
         self._engines.move_to_end(key)
         return self._engines[key]
 
+    def loaded(self) -> list[str]:
+        """The models in memory, least recently used first."""
+        return [loaded.info["id"] for loaded in self._engines.values()]
+
     def _key(self, entry: ModelEntry) -> tuple:
         if entry.path is not None:
             st = entry.path.stat()  # a retrained checkpoint is a new model

@@ -36,7 +36,8 @@ function buildSampling(settings) {
     const id = `f-${f.name}`;
     const input = el("input", {
       id, name: f.name, type: "number", inputmode: f.type === "int" ? "numeric" : "decimal",
-      min: f.min_exclusive ? null : f.min, max: f.max, step: f.step ?? "any",
+      min: f.off !== null ? Math.min(f.off, f.min) : f.min_exclusive ? null : f.min, max: f.max,
+      step: f.step ?? "any",
       value: f.default ?? "", placeholder: f.name === "seed" ? "random" : null,
       title: `${f.help}. Allowed: ${f.allowed}.`, "aria-describedby": `${id}-help`,
     });
