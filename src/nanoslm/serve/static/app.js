@@ -74,6 +74,7 @@ function readSettings() {
 async function loadModels(refresh = false) {
   const list = $("#model-list");
   list.setAttribute("aria-busy", "true");
+  $("#models-note").textContent = "Listing the experiments (dvc exp show)…";
   try {
     const body = await getJSON(`/api/models${refresh ? "?refresh=1" : ""}`);
     state.models = body.models;
