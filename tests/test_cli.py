@@ -86,7 +86,7 @@ def test_chat_continues_lines_and_changes_settings(ckpt, monkeypatch, capsys):
     assert "temperature 0.5, top-k 200," in out and "temperature 0.5, top-k 10," in out
     assert f"> {second}\n\n" in out
     assert "temperature 0.5, top-k 10, top-p 0.9, at most 4 new tokens, seed 11" in out
-    assert "error: /temp must be zero (greedy) or more, got -1.0\n" in out
+    assert "error: /temp must be from 0 (greedy) to 2, got -1.0\n" in out
     assert "error: /topk needs a number or off, got 'x'\n" in out
     assert "error: unknown command /what; /help lists them\n" in out
     assert out.endswith(f"> {third}\n\n> \n")  # the last prompt, then end of input: a clean exit
@@ -130,7 +130,7 @@ def test_missing_checkpoint_is_one_error_line(argv, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "error: 'sample.temperature' must be zero (greedy) or more, got -1.0"),
+    (["--temperature", "-1"], "error: 'sample.temperature' must be from 0 (greedy) to 2, got -1.0"),
     (["--top-p", "0"], "error: 'sample.top_p' must be in (0, 1]"),
     (["--max-new-tokens", "0"], "error: 'sample.max_new_tokens' must be between 1 and 10000, got 0"),
     (["--top-k", "60000"], "error: 'sample.top_k' must be at most the vocabulary size (50257)"),

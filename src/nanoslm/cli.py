@@ -148,6 +148,29 @@ def _export(args) -> None:
           f"and AutoTokenizer.from_pretrained({str(out)!r})")
 
 
+def _serve(args) -> None:
+    from .errors import UserError
+    from .serve import Registry, serve_forever
+    from .serve.server import LOOPBACK
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be from 0 to 65535, got {args.port}")
+    if args.max_engines < 1:
+        raise UserError(f"--max-engines must be at least 1, got {args.max_engines}")
+    registry = Registry(args.checkpoint, args.repo, _hardware(args), max_engines=args.max_engines)
+    if args.host not in LOOPBACK:
+        print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can use "
+              f"the models, without a password", flush=True)
+
+    def ready(url):
+        print(f"Nano-SLM playground on {url}/ (API: {url}/v1); Ctrl-C stops", flush=True)
+
+    try:
+        serve_forever(registry, args.host, args.port, log_level=args.log_level, on_ready=ready)
+    except OSError as err:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import bench  # its defaults; the module imports no torch
 
@@ -218,6 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_arg(ex)
     ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
     ex.set_defaults(run=_export)
+
+    sv = commands.add_parser(
+        "serve", help="a local web page and an OpenAI-compatible API that write stories, side by side",
+        description="Serve a playground page (prompt, sampling settings, the story streaming in; DVC experiments "
+                    "side by side) and OpenAI's completions API (POST /v1/completions, GET /v1/models) plus GET "
+                    "/health. Offline: the page and its assets come with the package. Listens on 127.0.0.1 only, "
+                    "unless --host says otherwise.")
+    _add_checkpoint_arg(sv)
+    sv.add_argument("--repo", default=".", metavar="DIR",
+                    help="a DVC repository whose experiments (dvc exp show) are offered side by side, each "
+                         "one's models/best.pt read from the local DVC cache (default: .)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1, this machine only); --host 0.0.0.0 is your "
+                         "explicit choice to let any machine that reaches this one use it, with no password")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port; 0 = any free one (default: 8000)")
+    sv.add_argument("--max-engines", type=int, default=3, metavar="N",
+                    help="models kept loaded at once; the least recently used goes first (default: 3)")
+    sv.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                    help="server log detail; debug logs every request (default: info)")
+    _add_hardware_args(sv)
+    sv.set_defaults(run=_serve)
     return parser
 
 

@@ -17,6 +17,7 @@ from .errors import UserError
 from .tokenizer import MIN_VOCAB, N_VOCAB
 
 MAX_NEW_TOKENS = 10_000  # per story: far past any context here, and a bound for one request's work
+MAX_TEMPERATURE = 2.0  # past this, sampling is close to uniform noise (OpenAI's API has the same bound)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZERS = ("gpt2",)
@@ -191,8 +192,8 @@ class Sampling(_Section):
     def validate(self):
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             self._fail("max_new_tokens", f"must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            self._fail("temperature", f"must be zero (greedy) or more, got {self.temperature}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            self._fail("temperature", f"must be from 0 (greedy) to {MAX_TEMPERATURE:g}, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             self._fail("top_k", f"must be at least 1, or null (off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
