@@ -132,8 +132,8 @@ def test_presets_change_the_params_and_build_models_that_run(name):
     idx, targets = torch.randint(0, m.vocab_size, (2, 1, m.block_size))
     with torch.no_grad():  # a full block runs, and an untrained model predicts about uniformly
         assert abs(model(idx, targets).item() - math.log(m.vocab_size)) < 0.2
-    if name == "gpt2-30m":
-        assert 25e6 < model.num_params() < 35e6
+    if name == "gpt2-30m":  # 6 x 384: ~10.6M outside the embeddings (~30M in all with GPT-2's 50,257 ids)
+        assert 10e6 < model.num_params(embeddings=False) < 11.5e6
 
 
 @pytest.mark.parametrize("seeded", [False, True])

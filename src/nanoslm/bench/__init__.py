@@ -41,7 +41,7 @@ PRESETS = {  # named overrides of params sections; "default" = the params file a
     "default": {},
     "tiny": {"model": dict(block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0),
              "train": dict(batch_size=4, grad_accum_steps=1)},
-    "gpt2-30m": {"model": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0),  # ~30M params, GPUs
+    "gpt2-30m": {"model": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0),  # GPUs; 10.6M outside embeddings
                  "train": dict(batch_size=64, grad_accum_steps=1)},
 }
 PHASES = ("train", "tokenize", "sample")
