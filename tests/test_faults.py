@@ -15,6 +15,7 @@ from conftest import REPO, dvc_project, write_txt
 from nanoslm import atomic, bins, checkpoint
 from nanoslm.errors import UserError
 from nanoslm.model import GPT
+from nanoslm.tokenizer import get_encoding
 
 
 def no_space(*args, **kwargs):
@@ -41,7 +42,7 @@ def test_disk_full_keeps_the_previous_file(tmp_path):
 
 
 def test_disk_full_while_writing_bins(tmp_path, corpus_dir, monkeypatch):
-    enc = bins.get_encoding("gpt2")
+    enc = get_encoding("gpt2")
     good = tmp_path / "train.bin"
     bins.tokenize_split(corpus_dir / "train.txt", good, enc, 64, 1)
     before = good.read_bytes()
@@ -185,7 +186,7 @@ def test_block_size_larger_than_the_validation_split(tmp_path, tokens_dir):
 def test_a_story_longer_than_anything_else_is_fine(tmp_path):
     long_story = " ".join(["Once upon a time there was a very long story."] * 40000)  # ~1.8 MB, one story
     txt = write_txt(tmp_path / "long.txt", [long_story, "A short one."])
-    stats = bins.tokenize_split(txt, tmp_path / "long.bin", bins.get_encoding("gpt2"), 2, 1)
+    stats = bins.tokenize_split(txt, tmp_path / "long.bin", get_encoding("gpt2"), 2, 1)
     assert stats["stories"] == 2 and stats["tokens"] > 400000
     ids = np.fromfile(tmp_path / "long.bin", dtype=np.uint16)
     assert (ids == 50256).sum() == 3

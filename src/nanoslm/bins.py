@@ -21,7 +21,7 @@ from .atomic import atomic_path, write_json
 from .config import TokenizerConfig, cpu_threads
 from .errors import UserError
 from .sources import SPLITS, iter_txt_stories
-from .tokenizer import check_tokens, encoding_for, get_encoding
+from .tokenizer import encoding_for
 from .vocab import choose_vocabulary
 
 FORMAT_VERSION = 1
@@ -58,7 +58,6 @@ def tokenize_split(txt_path, bin_path, enc: tiktoken.Encoding, batch_stories: in
 
 def tokenize(raw_dir, out_dir, cfg: TokenizerConfig, threads: int) -> dict:
     """Tokenize raw_dir/{train,validation}.txt into out_dir/{train,validation}.bin and out_dir/meta.json."""
-    get_encoding(cfg.name)  # an unknown name fails before any work
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     train_txt = raw_dir / "train.txt"
     if not train_txt.is_file():
@@ -127,11 +126,3 @@ def check_windows(data: np.ndarray, split: str, block_size: int, vocab_size: int
     if top >= vocab_size:
         raise UserError(f"{path}: token id {top} is not below the tokenizer's {vocab_size} ids, so the file is "
                         f"damaged; rerun: dvc repro --force tokenize")
-
-
-def check_tokenizer(meta: dict, tokenizer: TokenizerConfig, vocab_size: int, tokens_dir) -> None:
-    """Refuse tokens made by another tokenizer than params' tokenizer section, or with more ids than the model has."""
-    check_tokens(tokens_dir, meta, tokenizer)
-    if meta["vocab_size"] > vocab_size:
-        raise UserError(f"{tokens_dir}/meta.json: tokenizer has {meta['vocab_size']} ids but model.vocab_size is "
-                        f"{vocab_size}; set model.vocab_size to at least {meta['vocab_size']}")

@@ -33,6 +33,7 @@ from .config import Params, TrainConfig, cpu_threads
 from .errors import UserError
 from .model import GPT
 from .plotting import plot_loss
+from .tokenizer import check_tokens
 
 
 def lr_at(step: int, tc: TrainConfig, peak: float | None = None) -> float:
@@ -255,7 +256,7 @@ def load_data(tokens_dir: Path, params: Params) -> tuple[dict, np.memmap, np.mem
     """meta.json and the train and validation tokens, checked against the params."""
     cfg, tc = params.model, params.train
     meta = bins.read_meta(tokens_dir)
-    bins.check_tokenizer(meta, params.tokenizer, cfg.vocab_size, tokens_dir)
+    check_tokens(tokens_dir, meta, params.tokenizer)  # model.vocab_size >= tokenizer.vocab_size: config's check
     train_data = bins.load_split(tokens_dir, "train", cfg.block_size)
     val_data = bins.load_split(tokens_dir, "validation", cfg.block_size)
     windows_available = len(val_data) - cfg.block_size
