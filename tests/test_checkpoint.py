@@ -121,7 +121,7 @@ def test_the_cause_is_cut_at_a_word_boundary(tmp_path, monkeypatch):
     with pytest.raises(checkpoint.DamagedCheckpoint) as err:
         checkpoint.load(path)
     message = str(err.value)
-    assert re.search(r"\(cause: RuntimeError: (word ){10,}word\.\.\.\)$", message), message  # whole words only
+    assert re.search(r"\(cause: RuntimeError: (word ){10,}word \.\.\.\)$", message), message  # whole words only
     monkeypatch.setenv("NANOSLM_DEBUG", "1")
     with pytest.raises(checkpoint.DamagedCheckpoint) as err:
         checkpoint.load(path)

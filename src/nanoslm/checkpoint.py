@@ -4,9 +4,7 @@ weights_only=True refuses pickled code, so a checkpoint from elsewhere cannot ru
 """
 
 import dataclasses
-import os
 import pickle
-import textwrap
 import zipfile
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 
 from .atomic import atomic_path
 from .config import GPTConfig
-from .errors import UserError
+from .errors import UserError, brief
 from .model import GPT
 
 FORMAT_VERSION = 1
@@ -110,20 +108,10 @@ def load_model(path, device="cpu") -> tuple[GPT, dict]:
         model = GPT(cfg)
         model.load_state_dict(state.pop("model"))
     except (TypeError, KeyError, RuntimeError) as err:
-        raise UserError(f"{path}: weights do not match the stored model config ({_first_line(err)})") from None
+        raise UserError(f"{path}: weights do not match the stored model config ({brief(err)})") from None
     return model.to(device).eval(), state
 
 
-def _first_line(err: Exception) -> str:
-    """An exception's first line, cut at a word boundary, for the end of a one-line error; its type's name if empty."""
-    lines = str(err).strip().splitlines()
-    return textwrap.shorten(lines[0], width=120, placeholder="...") if lines else type(err).__name__
-
-
 def _cause(cause) -> str:
-    """The technical cause closing a message: short and on one line; in full with NANOSLM_DEBUG=1."""
-    if isinstance(cause, str):
-        return cause
-    if os.environ.get("NANOSLM_DEBUG"):
-        return " ".join(f"{type(cause).__name__}: {cause}".split())
-    return f"{type(cause).__name__}: {_first_line(cause)}"
+    """The technical cause closing a message: its type and errors.brief's one line (whole with NANOSLM_DEBUG=1)."""
+    return cause if isinstance(cause, str) else f"{type(cause).__name__}: {brief(cause)}"

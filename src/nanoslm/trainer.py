@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import sys
-import textwrap
 import time
 import warnings
 from contextlib import nullcontext
@@ -30,7 +29,7 @@ from tqdm import tqdm
 from . import bins, checkpoint, distributed, faults, hardware
 from .batches import step_offsets, windows
 from .config import Params, TrainConfig, cpu_threads
-from .errors import UserError
+from .errors import UserError, brief
 from .model import GPT
 from .plotting import plot_loss
 from .tokenizer import check_tokens
@@ -459,7 +458,5 @@ def maybe_compile(model: GPT, enabled: bool):
             compiled(idx, idx)
         return compiled
     except Exception as err:  # compile needs a C++ toolchain and more; training must not depend on it
-        cause = textwrap.shorten(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
-                                 width=200, placeholder="...")
-        warnings.warn(f"torch.compile failed, running without it: {cause}", stacklevel=2)
+        warnings.warn(f"torch.compile failed, running without it: {brief(err, limit=200)}", stacklevel=2)
         return model
