@@ -4,7 +4,7 @@ and at a fixed wall budget.
     python scripts/ablation.py --source ../shared/data/tinystories --steps 300 --wall 150 --out ablation.json
 
 Every row trains params.yaml with its overrides in a child process of its own (fresh torch.compile cache, so
-compilation counts in its wall time), then scores its best checkpoint on the whole validation split. The fixed
+compilation counts in its wall time; "last steps" tokens/s is the final log interval's, compiled), then scores its best checkpoint on the whole validation split. The fixed
 wall rows give each row as many steps as its fixed-token run's speed fits in --wall seconds (compilation
 included). Each row prints the `dvc exp run` command that trains the same thing through the pipeline.
 """
@@ -86,20 +86,24 @@ def child(spec: dict) -> None:
         trainer.train(params, tokens, run / "models", run / "live", run / "loss.png")
         seconds = time.perf_counter() - start
         train_rss = peak_rss_gb()
+        steady = json.loads((run / "live" / "metrics.json").read_text())["tokens_per_sec"]  # last log interval's
         scores = evaluate.evaluate_checkpoint(run / "models" / "best.pt", tokens, params.eval.batch_size,
                                               hardware.setup(params.hardware))
     tc = params.train
     tokens_seen = tc.max_iters * tc.batch_size * tc.grad_accum_steps * params.model.block_size
     print(json.dumps({"steps": tc.max_iters, "tokens": tokens_seen, "train_s": round(seconds, 1),
-                      "tokens_per_s": round(tokens_seen / seconds), "peak_rss_gb": round(train_rss, 3),
+                      "tokens_per_s": round(tokens_seen / seconds),
+                      "steady_tokens_per_s": round(steady), "peak_rss_gb": round(train_rss, 3),
                       "bits_per_byte": round(scores["bits_per_byte"], 4), "tokenizer": scores["tokenizer"]}))
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| lever | budget | steps | train wall (s) | tokens/s | peak RSS (GB) | val bits/byte | command |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| lever | budget | steps | train wall (s) | tokens/s (with compiling) | tokens/s (last steps) | "
+             "peak RSS (GB) | val bits/byte | command |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['budget']} | {r['steps']} | {r['train_s']} | {r['tokens_per_s']:,} | "
+                     f"{r['steady_tokens_per_s']:,} | "
                      f"{r['peak_rss_gb']} | {r['bits_per_byte']} | `{r['command']}` |")
     return "\n".join(lines)
 
