@@ -4,9 +4,10 @@ and at a fixed wall budget.
     python scripts/ablation.py --source ../shared/data/tinystories --steps 300 --wall 150 --out ablation.json
 
 Every row trains params.yaml with its overrides in a child process of its own (fresh torch.compile cache, so
-compilation counts in its wall time; "last steps" tokens/s is the final log interval's, compiled), then scores its best checkpoint on the whole validation split. The fixed
-wall rows give each row as many steps as its fixed-token run's speed fits in --wall seconds (compilation
-included). Each row prints the `dvc exp run` command that trains the same thing through the pipeline.
+compilation counts in its wall time; "last steps" tokens/s is the final log interval's, compiled), then scores
+its best checkpoint on the whole validation split. The fixed wall rows give each row as many steps as its
+fixed-token run's speed fits in --wall seconds (compilation included). Each row prints the `dvc exp run`
+command that trains the same thing through the pipeline.
 """
 
 import argparse
