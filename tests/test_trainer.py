@@ -274,10 +274,10 @@ def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
 
     model = GPT(dataclasses.replace(load_params(REPO / "params-ci.yaml").model, n_layer=1, n_embd=16, n_head=2))
 
-    def no_compiler(module):
+    def no_compiler(module, **options):
         raise _Broken("InvalidCxxCompiler: No working C++ compiler found\nsecond line")
 
-    def fails_when_run(module):
+    def fails_when_run(module, **options):
         return lambda *args: no_compiler(module)
 
     for fake in (no_compiler, fails_when_run):  # compile refuses at once, or at the first call (as inductor does)
@@ -297,12 +297,14 @@ def test_compiles_trial_run_draws_nothing_from_the_rngs(monkeypatch):
 
     model = GPT(dataclasses.replace(load_params(REPO / "params-ci.yaml").model, n_layer=1, n_embd=16, n_head=2,
                                     dropout=0.5)).train()
-    calls = []
-    monkeypatch.setattr(torch, "compile", lambda module: calls.append(module) or module)  # "compiled" = eager
+    calls, shapes = [], []
+    monkeypatch.setattr(torch, "compile", lambda module, **options: calls.append((module, options)) or module)
+    model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    assert maybe_compile(model, True) is model and calls == [model]
+    assert maybe_compile(model, True, (3, 5)) is model and calls == [(model, {"dynamic": False})]
+    assert shapes == [(3, 5)]  # the trial runs at the batches' shape, so its graph is validation's
     assert torch.equal(torch.rand(3), expected)
     assert model.training
 
@@ -338,7 +340,7 @@ def _train_again(runs, tmp_path, monkeypatch, section, **values):
 
 
 def test_a_failing_compile_trains_eagerly_with_the_same_results(runs, tmp_path, monkeypatch):
-    def no_compiler(module):
+    def no_compiler(module, **options):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", no_compiler)

@@ -303,7 +303,7 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
     model, say = state.model, _printer(ranks)
     last_path, best_path = models_dir / "last.pt", models_dir / "best.pt"
     resumed_at = state.resume(last_path, tc.max_iters, say)
-    evaluator = forward = maybe_compile(model, params.hardware.compile)  # validation: this rank alone, no DDP
+    evaluator = forward = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))  # validation: this rank alone, no DDP
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[ranks.local_rank] if hw.device_type == "cuda" else None)
@@ -442,19 +442,22 @@ def _printer(ranks):
     return say
 
 
-def maybe_compile(model: GPT, enabled: bool):
+def maybe_compile(model: GPT, enabled: bool, batch_shape: tuple[int, int] = (1, 8)):
     """torch.compile'd model when asked and it works here; otherwise the eager model, with one warning.
 
-    A trial forward finds out (inductor fails at the first call when there is no C++ compiler, say). It runs
-    under a forked RNG, so dropout in it draws nothing from the run's random streams: resume stays exact.
+    A trial forward finds out (inductor fails at the first call when there is no C++ compiler, say). It runs at
+    batch_shape, the (sequences, tokens) of every later batch, under no_grad: that is validation's graph, so
+    compiling it is not wasted. Shapes are static: a second shape would otherwise recompile everything with
+    dynamic shapes, which costs compile time and, on CPU, speed. The trial runs under a forked RNG, so dropout
+    in it draws nothing from the run's random streams: resume stays exact.
     """
     if not enabled:
         return model
     device = next(model.parameters()).device
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, dynamic=False)
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            idx = torch.zeros((1, 8), dtype=torch.long, device=device)
+            idx = torch.zeros(batch_shape, dtype=torch.long, device=device)
             compiled(idx, idx)
         return compiled
     except Exception as err:  # compile needs a C++ toolchain and more; training must not depend on it

@@ -179,7 +179,7 @@ def phase_train(spec: dict) -> dict:
     tc, cfg = params.train, params.model
     optimizers = make_optimizers(model, tc, hw)
     scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
-    forward = maybe_compile(model, params.hardware.compile)
+    forward = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))
 
     def step_fn(step):
         micro_batches = (windows(data, o, cfg.block_size, hw.device) for o in offsets[step])
