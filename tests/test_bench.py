@@ -149,3 +149,18 @@ def test_write_corpus_reaches_the_size_in_hub_layout(tmp_path, seeded):
     assert len(stories) > 10 and all(stories)
     if seeded:
         assert set(stories) == {"A short story.", "Another one,\non two lines."}
+
+
+def test_train_phase_runs_the_params_processes_under_torchrun(tmp_path):
+    """hardware.nproc_per_node > 1: the fast path runs as the train stage does (DDP), and still matches the reference."""
+    params = (REPO / "params-ci.yaml").read_text()
+    params = params.replace("grad_accum_steps: 1 ", "grad_accum_steps: 2 ").replace("nproc_per_node: 1 ", "nproc_per_node: 2 ")
+    assert "nproc_per_node: 2 " in params and "grad_accum_steps: 2 " in params
+    (tmp_path / "params.yaml").write_text(params)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanoslm.cli", "bench", "--params", "params.yaml", "--steps", "1", "--threads", "2",
+         "--only", "train", "--tokens", "none", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["processes"] == 2 and out["train"]["processes"] == 2
+    assert out["numerics_ok"] is True, out["loss_diff"]

@@ -117,6 +117,15 @@ def test_n_embd_must_divide_by_n_head(tmp_path):
     assert "'model.n_embd' (100) must be divisible by model.n_head (3)" in msg
 
 
+def test_micro_batches_must_split_evenly_over_the_processes(tmp_path):
+    msg = error_for(tmp_path, lambda p: (p["train"].update(grad_accum_steps=3), p["hardware"].update(nproc_per_node=2)))
+    assert msg.endswith("'train.grad_accum_steps' (3) must be divisible by hardware.nproc_per_node (2): each process "
+                        "takes an equal share of the micro-batches; set it to 4")
+    even = load_params(write_variant(tmp_path, lambda p: (p["train"].update(grad_accum_steps=4),
+                                                          p["hardware"].update(nproc_per_node=2))))
+    assert (even.train.grad_accum_steps, even.hardware.nproc_per_node) == (4, 2)
+
+
 def test_section_must_be_a_mapping(tmp_path):
     assert "model: expected a mapping" in error_for(tmp_path, lambda p: p.update(model=5))
 

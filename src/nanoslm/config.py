@@ -253,6 +253,11 @@ class Params:
                                                   f"({self.tokenizer.vocab_size}); set it to "
                                                   f"{self.tokenizer.vocab_size}")
         self.sample.check(self.model.vocab_size)
+        accum, procs = self.train.grad_accum_steps, self.hardware.nproc_per_node
+        if accum % procs:
+            raise ConfigError("train.grad_accum_steps", f"({accum}) must be divisible by hardware.nproc_per_node "
+                                                        f"({procs}): each process takes an equal share of the "
+                                                        f"micro-batches; set it to {-(-accum // procs) * procs}")
 
     def updated(self, section: str, **values) -> "Params":
         """A copy with some values of one section changed, e.g. params.updated("train", max_iters=10); checked

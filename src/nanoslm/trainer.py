@@ -274,13 +274,13 @@ def train(params: Params, tokens_dir, models_dir, live_dir, plot_path) -> dict:
     hw = hardware.setup(params.hardware)
     ranks = distributed.init(hw.device_type)
     try:
-        return _train(params, _share_hardware(hw, ranks, params), ranks, Path(tokens_dir), Path(models_dir),
+        return _train(params, share_hardware(hw, ranks, params), ranks, Path(tokens_dir), Path(models_dir),
                       live_dir, plot_path)
     finally:
         distributed.shutdown(ranks)
 
 
-def _share_hardware(hw: hardware.Hardware, ranks: distributed.Ranks, params: Params) -> hardware.Hardware:
+def share_hardware(hw: hardware.Hardware, ranks: distributed.Ranks, params: Params) -> hardware.Hardware:
     """This rank's device (its own GPU; on CPU, its share of the cores), and the malloc tuning on CPU."""
     if params.train.grad_accum_steps % ranks.world_size:
         raise UserError(f"train.grad_accum_steps ({params.train.grad_accum_steps}) must be divisible by the number of "

@@ -91,7 +91,8 @@ def run_bench(params: Params, preset: str = "default", steps: int = DEFAULT_STEP
     spec = {"params": dataclasses.asdict(params), "steps": steps, "tokens_dir": tokens,
             "sample_tokens": sample_tokens}
     result: dict = {"preset": preset, "device": "cpu", "dtype": None,
-                    "threads": cpu_threads(params.hardware.threads), "steps": steps, "warmup_steps": WARMUP_STEPS}
+                    "threads": cpu_threads(params.hardware.threads), "processes": params.hardware.nproc_per_node,
+                    "steps": steps, "warmup_steps": WARMUP_STEPS}
 
     if "train" in only:
         result.update(_bench_train(params, spec))
@@ -115,7 +116,7 @@ def _bench_train(params: Params, spec: dict) -> dict:
     vocab = params.model.vocab_size
     reference = _run_phase("reference", {**spec, "vocab_size": GPT2_VOCAB})
     same_vocab = reference if vocab == GPT2_VOCAB else _run_phase("reference", {**spec, "vocab_size": vocab})
-    train = _run_phase("train", spec)
+    train = _run_phase("train", spec, processes=params.hardware.nproc_per_node)
     out = {key: train.pop(key) for key in ("device", "torch", "model", "data", "tokens_per_step")}
     for ref in (reference, same_vocab):
         for key in ("device", "torch", "tokens_per_step"):
@@ -160,8 +161,9 @@ def _bench_tokenize(params: Params, corpus, corpus_mb: float) -> dict:
         return _run_phase("tokenize", spec)
 
 
-def _run_phase(phase: str, spec: dict) -> dict:
-    """Run one phase in a fresh `python -m nanoslm.bench --phase PHASE` and return its result."""
+def _run_phase(phase: str, spec: dict, processes: int = 1) -> dict:
+    """Run one phase in a fresh `python -m nanoslm.bench --phase PHASE` (under torchrun with processes > 1) and
+    return its result."""
     _log(f"bench: {phase} ...")
     env = dict(os.environ)
     if phase == "reference":  # the plain loop: no malloc tuning from the environment either
@@ -169,7 +171,9 @@ def _run_phase(phase: str, spec: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="nanoslm-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        proc = subprocess.run([sys.executable, "-m", "nanoslm.bench", "--phase", phase, "--spec", str(spec_path),
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+                    if processes > 1 else [sys.executable])
+        proc = subprocess.run([*launcher, "-m", "nanoslm.bench", "--phase", phase, "--spec", str(spec_path),
                                "--out", str(out_path)], env=env, stdin=subprocess.DEVNULL)
         out = json.loads(out_path.read_text(encoding="utf-8")) if out_path.is_file() else {}
     if "error" in out:

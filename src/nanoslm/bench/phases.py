@@ -167,28 +167,46 @@ def phase_reference(spec: dict) -> dict:
     return result
 
 
-def phase_train(spec: dict) -> dict:
-    """The train stage's fast path with the params as they are (optimizer, schedule, compile, dtype, vocabulary),
-    on the weights and batches of the same-vocabulary reference, plus the device's measured peak FLOP/s."""
+def phase_train(spec: dict) -> dict | None:
+    """The train stage's fast path with the params as they are (optimizer, schedule, compile, dtype, vocabulary,
+    processes), on the weights and batches of the same-vocabulary reference, plus the device's measured peak
+    FLOP/s. With hardware.nproc_per_node > 1 it runs under torchrun, each rank on its share of the micro-batches
+    and cores as in the train stage; rank 0 reports (peak RSS: the largest rank's) and the others return None."""
     import torch
 
+    from .. import distributed
     from ..batches import windows
-    from ..trainer import lrs_at, make_optimizers, maybe_compile, optimizer_step
+    from ..trainer import lrs_at, make_optimizers, maybe_compile, optimizer_step, share_hardware
 
     params, hw, model, (data, source), offsets = _train_setup(spec, fast=True)
     tc, cfg = params.train, params.model
+    ranks = distributed.init(hw.device_type)
+    hw = share_hardware(hw, ranks, params)
+    model = model.to(hw.device)
     optimizers = make_optimizers(model, tc, hw)
     scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
-    forward = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))
+    forward = compiled = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))
+    if ranks.enabled:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            compiled, device_ids=[ranks.local_rank] if hw.device_type == "cuda" else None)
+    per_rank = tc.grad_accum_steps // ranks.world_size
 
     def step_fn(step):
-        micro_batches = (windows(data, o, cfg.block_size, hw.device) for o in offsets[step])
-        return optimizer_step(forward, optimizers, scaler, micro_batches, lrs_at(step, tc), tc.grad_clip, hw)
+        mine = offsets[step][ranks.rank * per_rank:][:per_rank]
+        micro_batches = (windows(data, o, cfg.block_size, hw.device) for o in mine)
+        loss = optimizer_step(forward, optimizers, scaler, micro_batches, lrs_at(step, tc), tc.grad_clip, hw)
+        return distributed.mean(loss, ranks)  # the global batch's mean, as with one process
 
     losses, seconds = _timed_loop(step_fn, len(offsets), hw.device)
     result = _train_result(params, hw, model, source, spec, losses, seconds)
-    result.update(compile=forward is not model, optimizer=tc.optimizer, schedule=tc.schedule)
-    del optimizers, model, forward
+    result.update(compile=compiled is not model, optimizer=tc.optimizer, schedule=tc.schedule,
+                  processes=ranks.world_size,
+                  peak_rss_gb=max(distributed.gather(result["peak_rss_gb"], ranks)))
+    distributed.shutdown(ranks)
+    if not ranks.is_main:
+        return None
+    del optimizers, model, forward, compiled
+    torch.set_num_threads(cpu_threads(params.hardware.threads))  # the peak of every core, as one process sees it
     peak, size = peak_matmul_flops(hw)
     result.update(peak_tflops=peak / 1e12, peak_matmul=f"{size}x{size}x{size} {_dtype_name(hw.dtype)}",
                   mfu=result["achieved_tflops"] * 1e12 / peak)
@@ -292,6 +310,8 @@ def child_main(argv=None) -> None:
         out = {"result": _PHASE_FUNCS[args.phase](spec)}
     except UserError as err:
         out = {"error": str(err)}
+    if out.get("result", ...) is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     Path(args.out).write_text(json.dumps(out), encoding="utf-8")
     if "error" in out:
         sys.exit(2)
