@@ -283,11 +283,11 @@ def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
     for fake in (no_compiler, fails_when_run):  # compile refuses at once, or at the first call (as inductor does)
         monkeypatch.setattr(torch, "compile", fake)
         with pytest.warns(UserWarning, match="torch.compile failed, running without it: .*No working C") as caught:
-            assert maybe_compile(model, True) is model
+            assert maybe_compile(model, True, (1, 8)) is model
         assert len(caught) == 1  # one line, as errors.brief makes it
         assert str(caught[0].message) == ("torch.compile failed, running without it: "
                                           "InvalidCxxCompiler: No working C++ compiler found second line")
-    assert maybe_compile(model, False) is model
+    assert maybe_compile(model, False, (1, 8)) is model
 
 
 def test_compiles_trial_run_draws_nothing_from_the_rngs(monkeypatch):

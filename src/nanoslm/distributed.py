@@ -55,6 +55,20 @@ def init(device_type: str) -> Ranks:
     return ranks
 
 
+def wrap(module, ranks: Ranks, device: torch.device):
+    """`module` under DDP when there are several ranks (on its rank's GPU, or the CPU); itself otherwise."""
+    if not ranks.enabled:
+        return module
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
+
+
+def share(items: list, ranks: Ranks) -> list:
+    """This rank's equal, contiguous share of `items` (e.g. a step's micro-batches)."""
+    per_rank = len(items) // ranks.world_size
+    return items[ranks.rank * per_rank:][:per_rank]
+
+
 def shutdown(ranks: Ranks) -> None:
     if ranks.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -303,12 +303,9 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
     model, say = state.model, _printer(ranks)
     last_path, best_path = models_dir / "last.pt", models_dir / "best.pt"
     resumed_at = state.resume(last_path, tc.max_iters, say)
-    evaluator = forward = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))  # validation: this rank alone, no DDP
-    if ranks.enabled:
-        forward = torch.nn.parallel.DistributedDataParallel(
-            forward, device_ids=[ranks.local_rank] if hw.device_type == "cuda" else None)
+    evaluator = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))
+    forward = distributed.wrap(evaluator, ranks, hw.device)  # validation: this rank alone, no DDP
     validation = Validation(val_data, tc, cfg.block_size, hw, meta["splits"]["validation"])
-    per_rank = tc.grad_accum_steps // ranks.world_size
     tokens_per_step = tc.batch_size * tc.grad_accum_steps * cfg.block_size
     say(f"training {model.num_params() / 1e6:.2f}M parameters ({model.num_params(embeddings=False) / 1e6:.2f}M "
         f"outside the embeddings) on {hw.device} x{ranks.world_size} in {str(hw.dtype).removeprefix('torch.')}, "
@@ -345,7 +342,7 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
 
             offsets = step_offsets(state.sampler, train_data, tc.grad_accum_steps, tc.batch_size, cfg.block_size)
             micro_batches = (windows(train_data, o, cfg.block_size, hw.device)
-                             for o in offsets[ranks.rank * per_rank:][:per_rank])
+                             for o in distributed.share(offsets, ranks))
             state.window_loss += optimizer_step(forward, state.optimizers, state.scaler, micro_batches,
                                                 lrs_at(step, tc), tc.grad_clip, hw)
             state.progress.window_steps += 1
@@ -442,7 +439,7 @@ def _printer(ranks):
     return say
 
 
-def maybe_compile(model: GPT, enabled: bool, batch_shape: tuple[int, int] = (1, 8)):
+def maybe_compile(model: GPT, enabled: bool, batch_shape: tuple[int, int]):
     """torch.compile'd model when asked and it works here; otherwise the eager model, with one warning.
 
     A trial forward finds out (inductor fails at the first call when there is no C++ compiler, say). It runs at

@@ -185,15 +185,11 @@ def phase_train(spec: dict) -> dict | None:
     model = model.to(hw.device)
     optimizers = make_optimizers(model, tc, hw)
     scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
-    forward = compiled = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))
-    if ranks.enabled:
-        forward = torch.nn.parallel.DistributedDataParallel(
-            compiled, device_ids=[ranks.local_rank] if hw.device_type == "cuda" else None)
-    per_rank = tc.grad_accum_steps // ranks.world_size
+    compiled = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))
+    forward = distributed.wrap(compiled, ranks, hw.device)
 
     def step_fn(step):
-        mine = offsets[step][ranks.rank * per_rank:][:per_rank]
-        micro_batches = (windows(data, o, cfg.block_size, hw.device) for o in mine)
+        micro_batches = (windows(data, o, cfg.block_size, hw.device) for o in distributed.share(offsets[step], ranks))
         loss = optimizer_step(forward, optimizers, scaler, micro_batches, lrs_at(step, tc), tc.grad_clip, hw)
         return distributed.mean(loss, ranks)  # the global batch's mean, as with one process
 
