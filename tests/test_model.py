@@ -123,6 +123,9 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert sorted(names(adamw) + names(muon)) == sorted(named.values())  # each parameter once (the tied head too)
     assert muon.defaults["lr"] == 2e-2 and muon.defaults["weight_decay"] == 0.1
     assert muon.defaults["adjust_lr_fn"] == "match_rms_adamw" and adamw.defaults["lr"] == 1e-3
+    assert muon.float32_orthogonalization  # the compute dtype defaults to float32: bf16 only when asked
+    _, bf16_muon = model.optimizers(1e-3, 0.1, (0.9, 0.95), muon_lr=2e-2, compute_dtype=torch.bfloat16)
+    assert not bf16_muon.float32_orthogonalization
 
 
 def test_flops_per_token_matches_a_count_of_the_matmuls():

@@ -366,3 +366,15 @@ def test_muon_trains_and_saves_its_state(runs, tmp_path, monkeypatch):
     assert len(adamw["state"]) == 2 + 2 * runs[0].model.n_layer + 1  # wte (= head), wpe and the norms
     assert all("momentum_buffer" in s for s in muon["state"].values())
     assert muon["param_groups"][0]["lr"] == pytest.approx(lr_at(STEPS - 1, runs[0].train, 2e-2))
+
+
+@pytest.mark.parametrize("dtype, float32_orthogonalization", [(torch.bfloat16, False), (torch.float32, True)])
+def test_muon_orthogonalizes_in_bf16_only_when_the_hardware_computes_in_bf16(dtype, float32_orthogonalization):
+    from nanoslm import hardware
+    from nanoslm.model import GPT
+    from nanoslm.trainer import make_optimizers
+
+    params = load_params(REPO / "params-ci.yaml").updated("train", optimizer="muon")
+    model = GPT(dataclasses.replace(params.model, n_layer=1, n_embd=16, n_head=2, block_size=8))
+    _, muon = make_optimizers(model, params.train, hardware.Hardware(torch.device("cpu"), dtype))
+    assert muon.float32_orthogonalization is float32_orthogonalization

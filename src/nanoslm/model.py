@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .head_loss import head_loss
+from .muon import Muon
 
 
 class LayerNorm(nn.Module):
@@ -145,12 +146,14 @@ class GPT(nn.Module):
             return self.lm_head(x[:, -1, :]).float()
         return head_loss(x, self.lm_head.weight, targets, reduction)
 
-    def optimizers(self, lr, weight_decay, betas, fused=None, muon_lr=None) -> list[torch.optim.Optimizer]:
+    def optimizers(self, lr, weight_decay, betas, fused=None, muon_lr=None,
+                   compute_dtype=torch.float32) -> list[torch.optim.Optimizer]:
         """[AdamW] over every parameter: matrices decay; biases, norms and 1-d params do not.
 
         With muon_lr: [AdamW, Muon]. torch.optim.Muon (its update's RMS matched to AdamW's) takes the 2-D
         matrices inside the transformer blocks; AdamW at lr keeps the embeddings, the tied head, norms and
-        biases. fused: AdamW's (None = torch's default).
+        biases; it orthogonalizes in bf16 only when compute_dtype is bf16 (nanoslm.muon says why). fused: AdamW's
+        (None = torch's default).
         """
         params = [p for p in self.parameters() if p.requires_grad]
         in_blocks = {id(p) for p in self.transformer.h.parameters()}
@@ -161,4 +164,5 @@ class GPT(nn.Module):
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, fused=fused)
         if not muon:
             return [adamw]
-        return [adamw, torch.optim.Muon(muon, lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")]
+        return [adamw, Muon(muon, compute_dtype=compute_dtype, lr=muon_lr, weight_decay=weight_decay,
+                            adjust_lr_fn="match_rms_adamw")]

@@ -66,7 +66,7 @@ def lrs_at(step: int, tc: TrainConfig) -> list[float]:
 def make_optimizers(model: GPT, tc: TrainConfig, hw: hardware.Hardware) -> list[torch.optim.Optimizer]:
     """train.optimizer's optimizers for `model`: [AdamW] or [AdamW, Muon]."""
     return model.optimizers(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=hw.device_type == "cuda",
-                            muon_lr=tc.muon_lr if tc.optimizer == "muon" else None)
+                            muon_lr=tc.muon_lr if tc.optimizer == "muon" else None, compute_dtype=hw.dtype)
 
 
 def optimizer_step(forward, optimizers, scaler, micro_batches, lrs, grad_clip: float,
