@@ -26,18 +26,18 @@ def newton_schulz_float32(grad: torch.Tensor, ns_coefficients: tuple[float, floa
     return x.T if wide else x
 
 
+TORCH_ITERATION = "_zeropower_via_newtonschulz"  # the name torch.optim._muon's step looks up on every call
+
+
 @contextlib.contextmanager
 def _orthogonalize_in_float32():
-    """Swap torch's bf16 iteration for the float32 one while one step runs (torch looks the name up per call)."""
-    name = "_zeropower_via_newtonschulz"
-    if not hasattr(torch_muon, name):
-        raise RuntimeError(f"torch {torch.__version__} has no torch.optim._muon.{name}: update nanoslm.muon for it")
-    bf16_iteration = getattr(torch_muon, name)
-    setattr(torch_muon, name, newton_schulz_float32)
+    """Swap torch's bf16 iteration for the float32 one while one step runs."""
+    bf16_iteration = getattr(torch_muon, TORCH_ITERATION)
+    setattr(torch_muon, TORCH_ITERATION, newton_schulz_float32)
     try:
         yield
     finally:
-        setattr(torch_muon, name, bf16_iteration)
+        setattr(torch_muon, TORCH_ITERATION, bf16_iteration)
 
 
 class Muon(torch.optim.Muon):
@@ -46,6 +46,9 @@ class Muon(torch.optim.Muon):
     def __init__(self, params, *, compute_dtype: torch.dtype, **kwargs):
         super().__init__(params, **kwargs)
         self.float32_orthogonalization = compute_dtype != torch.bfloat16
+        if self.float32_orthogonalization and not hasattr(torch_muon, TORCH_ITERATION):  # fail before training
+            raise RuntimeError(f"torch {torch.__version__} has no torch.optim._muon.{TORCH_ITERATION}: "
+                               "update nanoslm.muon for it")
 
     def step(self, closure=None):
         if not self.float32_orthogonalization:
