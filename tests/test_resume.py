@@ -56,11 +56,11 @@ def run_stage(cwd: Path, tokens: Path, stage: str = "train", fault: str | None =
                           capture_output=True, text=True, timeout=600)
 
 
-def losses(tsv: Path) -> list[tuple[str, str]]:
-    """(step, loss) rows of a dvclive TSV (its timestamp column differs between runs by nature)."""
+def losses(tsv: Path, column: str = "loss") -> list[tuple[str, str]]:
+    """(step, value) rows of a dvclive TSV (its timestamp column differs between runs by nature)."""
     rows = [line.split("\t") for line in tsv.read_text().splitlines()]
     header = rows[0]
-    return [(r[header.index("step")], r[header.index("loss")]) for r in rows[1:]]
+    return [(r[header.index("step")], r[header.index(column)]) for r in rows[1:]]
 
 
 def finished(cwd: Path, tokens: Path) -> dict:
@@ -70,6 +70,7 @@ def finished(cwd: Path, tokens: Path) -> dict:
     return {
         "train": losses(cwd / "dvclive/plots/metrics/train/loss.tsv"),
         "val": losses(cwd / "dvclive/plots/metrics/val/loss.tsv"),
+        "val_bpb": losses(cwd / "dvclive/plots/metrics/val/bpb.tsv", "bpb"),
         "eval": (cwd / "metrics/eval.json").read_bytes(),
         "weights": torch.load(cwd / "models/last.pt", weights_only=True)["model"],
     }
@@ -78,6 +79,7 @@ def finished(cwd: Path, tokens: Path) -> dict:
 def same(a: dict, b: dict) -> None:
     assert a["train"] == b["train"]
     assert a["val"] == b["val"]
+    assert a["val_bpb"] == b["val_bpb"]
     assert a["eval"] == b["eval"]
     assert a["weights"].keys() == b["weights"].keys()
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
@@ -90,7 +92,7 @@ def reference(tmp_path_factory, tokens) -> dict:
     result = run_stage(cwd, tokens)
     assert result.returncode == 0, result.stderr
     out = finished(cwd, tokens)
-    assert len(out["train"]) == MAX_ITERS // 5 and len(out["val"]) == MAX_ITERS // 10 + 1
+    assert len(out["train"]) == MAX_ITERS // 5 and len(out["val"]) == len(out["val_bpb"]) == MAX_ITERS // 10 + 1
     return out
 
 

@@ -324,7 +324,7 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
                 if ranks.is_main and (step % tc.eval_interval == 0 or step == tc.max_iters):
                     val = validation.loss(evaluator, model)
                     bpb = validation.bits_per_byte(val)
-                    _log(live, step, {"val/loss": val}, {"val/bpb": bpb})
+                    _log(live, step, _val_curves(val, bpb))
                     state.add_val_point(step, val, best_path)
                     bar.set_postfix(val=f"{val:.3f}", val_bpb=f"{bpb:.3f}", refresh=False)
                 if step > 0 and (step % tc.checkpoint_interval == 0 or step == tc.max_iters):
@@ -396,9 +396,16 @@ def _live(live_dir, progress: Progress, validation: Validation):
     for step, loss in progress.val_points:
         history.setdefault(step, {})["val/loss"] = loss
     for step in sorted(history):
-        loss = history[step].get("val/loss", math.nan)
-        _log(live, step, history[step], {"val/bpb": validation.bits_per_byte(loss)})
+        curves = history[step]
+        if "val/loss" in curves:
+            curves = {**curves, **_val_curves(curves["val/loss"], validation.bits_per_byte(curves["val/loss"]))}
+        _log(live, step, curves)
     return live
+
+
+def _val_curves(loss: float, bpb: float) -> dict:
+    """The validation curves of one evaluation: loss, and bits per byte (comparable across vocabularies)."""
+    return {"val/loss": loss} if math.isnan(bpb) else {"val/loss": loss, "val/bpb": bpb}  # NaN: a split of no bytes
 
 
 def _log(live, step: int, curves: dict, summary_only: dict | None = None) -> None:
@@ -407,9 +414,8 @@ def _log(live, step: int, curves: dict, summary_only: dict | None = None) -> Non
     live.step = step
     for name, value in curves.items():
         live.log_metric(name, value)
-    for name, value in (summary_only or {}).items():  # metrics.json only: dvc.yaml declares just the loss curves
-        if not math.isnan(value):  # NaN: no value (a split of no bytes has no bits per byte)
-            live.log_metric(name, value, plot=False)
+    for name, value in (summary_only or {}).items():  # metrics.json only: dvc.yaml declares no plot for these
+        live.log_metric(name, value, plot=False)
     live.next_step()
 
 
