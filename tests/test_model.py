@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoslm.config import GPTConfig
-from nanoslm.model import GPT
+from nanoslm.model import GPT, causal_attention
 
 CFG = GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
 
@@ -66,6 +66,34 @@ def test_causal():
         a, b = model.hidden(idx), model.hidden(changed)
     torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=1e-6)
     assert (a[:, 7:] - b[:, 7:]).abs().amax(dim=-1).min() > 1e-4  # the changed position and every later one
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_cpu_attention_matches_sdpa_forward_and_backward(dtype, tol, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    q, k, v, upstream = (torch.randn(2, 3, 16, 8, generator=g).to(dtype) for _ in range(4))
+    sdpa = F.scaled_dot_product_attention
+    results = []
+    for attend, kernel in ((lambda *qkv: causal_attention(*qkv, 0.0), None),  # must not call SDPA
+                           (lambda *qkv: sdpa(*qkv, is_causal=True), sdpa)):
+        monkeypatch.setattr(F, "scaled_dot_product_attention", kernel)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = attend(*leaves)
+        out.backward(upstream)
+        results.append([out.detach().float()] + [t.grad.float() for t in leaves])
+    assert results[0][0].dtype == torch.float32 and len(results[0]) == 4
+    for ours, sdpa in zip(*results):
+        torch.testing.assert_close(ours, sdpa, rtol=tol, atol=tol)
+
+
+def test_cpu_attention_dropout_drops_attention_weights():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8, 4, generator=g) for _ in range(3))
+    q.requires_grad_()  # the matmul path is the training path
+    assert torch.count_nonzero(causal_attention(q, k, v, 1.0)) == 0  # every weight dropped
+    torch.manual_seed(0)
+    half = causal_attention(q, k, v, 0.5)
+    assert not torch.allclose(half, causal_attention(q, k, v, 0.0))
 
 
 def test_sequence_longer_than_block_size_raises():

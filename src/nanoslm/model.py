@@ -23,6 +23,23 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+def causal_attention(q, k, v, dropout_p: float):
+    """Causal self-attention of (B, heads, T, head_size) queries, keys and values.
+
+    Training on CPU: two matmuls around a float32 softmax, measured 1.6x faster (forward + backward, bf16,
+    16 x 3 heads x 256 x 64) than scaled_dot_product_attention's CPU flash kernel, for (B, heads, T, T) scores of
+    memory (13 MB a layer at that size). Elsewhere, and without gradients (evaluation, generation, whose KV-cache
+    path must agree with it token for token), SDPA's fused kernels.
+    """
+    if q.device.type != "cpu" or not torch.is_grad_enabled():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    T = q.size(-2)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32).to(q.dtype)
+    return F.dropout(weights, dropout_p) @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -37,9 +54,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if kv_cache is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:  # inference (nanoslm.engine): store this chunk's keys and values, attend to every cached one
             k, v = kv_cache.update(k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv_cache.mask, is_causal=kv_cache.is_causal)
