@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,6 +110,19 @@ def test_gradient_only_for_weight():
     head_loss(hidden, weight, targets).backward()
     (ref_gw,) = torch.autograd.grad(reference(hidden, weight, targets), (weight,))
     torch.testing.assert_close(weight.grad, ref_gw, rtol=1e-5, atol=1e-6)
+
+
+def test_a_target_below_float32s_range_scores_87_nats_not_inf():
+    """Its probability underflows (logit 200 below the best): the loss is capped at -log(TINY), the gradient exact."""
+    hidden = torch.tensor([[1.0]], requires_grad=True)
+    weight = torch.tensor([[200.0], [0.0]], requires_grad=True)
+    targets = torch.tensor([1])
+    loss = head_loss(hidden, weight, targets, "sum")
+    assert loss.item() == pytest.approx(-math.log(head_loss_module.TINY)) and math.isfinite(loss.item())
+    loss.backward()
+    # d loss / d logits = softmax - one_hot = [1, -1] (to float32's precision)
+    torch.testing.assert_close(hidden.grad, torch.tensor([[200.0]]))
+    torch.testing.assert_close(weight.grad, torch.tensor([[1.0], [-1.0]]))
 
 
 def test_invalid_reduction_raises():
