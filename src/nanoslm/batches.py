@@ -20,5 +20,38 @@ def random_offsets(rng: np.random.Generator, data: np.ndarray, count: int, block
 
 def step_offsets(rng: np.random.Generator, data: np.ndarray, micro_batches: int, batch_size: int,
                  block_size: int) -> np.ndarray:
-    """One optimizer step's window starts, (micro_batches, batch_size): the train stage's draw, which bench repeats."""
+    """micro_batches x batch_size random window starts: the fixed validation windows."""
     return random_offsets(rng, data, micro_batches * batch_size, block_size).reshape(micro_batches, batch_size)
+
+
+class Passes:
+    """The train windows, drawn without replacement: pass e over the data tiles it into windows of block_size
+    tokens from a random shift, in a random order, both drawn from (seed, e). Drawing with replacement
+    instead shows some stories twice as often as others over a run of a few passes; this way each is seen
+    as often as the next, which scored lower validation loss on the small shared sample (README).
+
+    A step's windows depend only on the step number, so a resumed run draws what an uninterrupted one would
+    and every rank draws the same (nothing to save, nothing to broadcast).
+    """
+
+    def __init__(self, seed: int, tokens: int, block_size: int):
+        self.seed, self.block_size = seed, block_size
+        self.slots = max(1, (tokens - block_size) // block_size)  # windows per pass; each needs block_size + 1
+        self.max_shift = min(block_size - 1, tokens - 1 - self.slots * block_size)
+        self._pass, self._shift, self._order = -1, 0, np.empty(0, np.int64)
+
+    def _tiling(self, pass_: int) -> tuple[int, np.ndarray]:
+        if pass_ != self._pass:  # a pass lasts many steps: draw its tiling once
+            rng = np.random.default_rng([self.seed, pass_])
+            self._pass, self._shift, self._order = pass_, int(rng.integers(0, self.max_shift + 1)), \
+                rng.permutation(self.slots)
+        return self._shift, self._order
+
+    def step(self, step: int, micro_batches: int, batch_size: int) -> np.ndarray:
+        """Window starts of optimizer step `step`, (micro_batches, batch_size)."""
+        count = micro_batches * batch_size
+        out = np.empty(count, np.int64)
+        for i, n in enumerate(range(step * count, (step + 1) * count)):
+            shift, order = self._tiling(n // self.slots)
+            out[i] = shift + order[n % self.slots] * self.block_size
+        return out.reshape(micro_batches, batch_size)

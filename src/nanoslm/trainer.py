@@ -1,12 +1,12 @@
-"""The train stage: AdamW (or Muon for the blocks' matrices) on random windows of the train tokens, with a
-linear warmup and a cosine or warmup-stable-decay (wsd) schedule.
+"""The train stage: AdamW (or Muon for the blocks' matrices) on windows of the train tokens drawn without
+replacement (batches.Passes), with a linear warmup and a cosine or warmup-stable-decay (wsd) schedule.
 
 Validation runs on one fixed set of windows (drawn once from the seed), so every evaluation, and
 every experiment with the same seed and data, scores the very same tokens; its loss is logged in nats
 (val/loss) and as estimated bits per byte (val/bpb, the headline figure; see Validation.bits_per_byte).
 
 Resumable exactly: models/last.pt holds everything that decides the rest of the run (weights,
-optimizers, GradScaler, every RNG, the batch sampler, the partly summed loss of the current log
+optimizers, GradScaler, every RNG, the partly summed loss of the current log
 window, the best validation loss and the logged history). A run killed at any point and started
 again continues from it and ends bit-for-bit where an uninterrupted run ends (on CPU).
 """
@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from . import bins, checkpoint, distributed, faults, hardware
-from .batches import step_offsets, windows
+from .batches import Passes, step_offsets, windows
 from .config import Params, TrainConfig, cpu_threads
 from .errors import UserError, brief
 from .model import GPT
@@ -113,6 +113,7 @@ def fingerprint(params: Params, meta: dict, hw: hardware.Hardware, world_size: i
         "train": train,
         "dtype": str(hw.dtype).removeprefix("torch."),
         "processes": world_size,
+        "batches": "passes",  # how train windows are drawn: a checkpoint from the random-window sampler must not resume
         "data": {"tokenizer": meta["tokenizer"], "splits": meta["splits"]},
     }
 
@@ -129,8 +130,9 @@ class Progress:
 
 
 class TrainState:
-    """Everything that decides the rest of a run: model, optimizers, GradScaler, batch sampler, progress and this
-    rank's loss window (the RNGs are global). save() writes it all to last.pt; resume() reads it all back."""
+    """Everything that decides the rest of a run: model, optimizers, GradScaler, progress and this rank's loss
+    window (the RNGs are global; the batches depend on the step alone). save() writes it all to last.pt; resume()
+    reads it all back."""
 
     def __init__(self, params: Params, meta: dict, hw: hardware.Hardware, ranks: distributed.Ranks):
         tc = params.train
@@ -139,7 +141,6 @@ class TrainState:
         self.model = GPT(params.model).to(hw.device)
         self.optimizers = make_optimizers(self.model, tc, hw)
         self.scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
-        self.sampler = np.random.default_rng(tc.seed)  # one global batch sampler, identical on every rank
         self.progress = Progress()
         # this rank's loss summed over the current log window: one tensor, continued across a resume so the
         # logged mean is bit-identical to an uninterrupted run's (and no per-step device sync)
@@ -166,8 +167,8 @@ class TrainState:
             p = self.progress
             checkpoint.save(path, self.model, step=p.step, val_loss=p.val_points[-1][1], tokenizer=self.tokenizer,
                             training={"fingerprint": self.fingerprint, "optimizers": [o.state_dict() for o in self.optimizers],
-                                      "scaler": self.scaler.state_dict(), "sampler": self.sampler.bit_generator.state,
-                                      "ranks": rank_states, "progress": dataclasses.asdict(p)})
+                                      "scaler": self.scaler.state_dict(), "ranks": rank_states,
+                                      "progress": dataclasses.asdict(p)})
 
     def resume(self, path: Path, max_iters: int, say) -> int:
         """Load path's training state when it belongs to this run and is unfinished: the step resumed at, or -1.
@@ -199,7 +200,6 @@ class TrainState:
         for optimizer, saved in zip(self.optimizers, training["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
         self.scaler.load_state_dict(training["scaler"])
-        self.sampler.bit_generator.state = training["sampler"]
         self._restore_rank_state(training["ranks"][self.ranks.rank])
         p = self.progress = Progress(**training["progress"])
         p.train_points, p.val_points = [tuple(x) for x in p.train_points], [tuple(x) for x in p.val_points]
@@ -300,6 +300,7 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
     seed_everything(tc.seed + ranks.rank)
     meta, train_data, val_data = load_data(tokens_dir, params)
     state = TrainState(params, meta, hw, ranks)
+    passes = Passes(tc.seed, len(train_data), cfg.block_size)  # the same windows on every rank
     model, say = state.model, _printer(ranks)
     last_path, best_path = models_dir / "last.pt", models_dir / "best.pt"
     resumed_at = state.resume(last_path, tc.max_iters, say)
@@ -340,7 +341,7 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
                 break
             faults.trip(f"step:{step}")
 
-            offsets = step_offsets(state.sampler, train_data, tc.grad_accum_steps, tc.batch_size, cfg.block_size)
+            offsets = passes.step(step, tc.grad_accum_steps, tc.batch_size)
             micro_batches = (windows(train_data, o, cfg.block_size, hw.device)
                              for o in distributed.share(offsets, ranks))
             state.window_loss += optimizer_step(forward, state.optimizers, state.scaler, micro_batches,

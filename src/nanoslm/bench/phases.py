@@ -62,7 +62,7 @@ def _train_setup(spec: dict, fast: bool):
 
     from .. import bins, hardware
     from ..model import GPT
-    from ..batches import step_offsets
+    from ..batches import Passes
 
     params = _params_from_dict(spec["params"])
     if not fast:
@@ -83,10 +83,9 @@ def _train_setup(spec: dict, fast: bool):
     torch.manual_seed(tc.seed)
     model = GPT(cfg).to(hw.device)  # built on the CPU from the seed, then moved: same weights in both loops
     model.train()
-    sampler = np.random.default_rng(tc.seed)
+    passes = Passes(tc.seed, len(data), cfg.block_size)
     total = WARMUP_STEPS + spec["steps"]
-    offsets = [step_offsets(sampler, data, tc.grad_accum_steps, tc.batch_size, cfg.block_size)
-               for _ in range(total)]  # as the trainer draws them
+    offsets = [passes.step(step, tc.grad_accum_steps, tc.batch_size) for step in range(total)]  # as the trainer's
     return params, hw, model, (data, source), offsets
 
 
