@@ -36,6 +36,7 @@ ROWS = [
     ("float32 instead of bf16", {"hardware.dtype": "float32"}),
     ("schedule wsd instead of cosine", {"train.schedule": "wsd"}),
     ("dropout 0.1", {"model.dropout": 0.1}),
+    ("windows at random, with replacement", {"train.windows": "random"}),
 ]
 
 

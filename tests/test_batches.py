@@ -1,9 +1,9 @@
-"""The train windows: drawn without replacement, pass by pass, and a function of the step alone."""
+"""The train windows: without replacement pass by pass (or with replacement), a function of the step alone."""
 
 import numpy as np
 import pytest
 
-from nanoslm.batches import Passes
+from nanoslm.batches import Passes, random_offsets, train_windows
 
 BLOCK = 16
 
@@ -12,10 +12,10 @@ def starts(passes: Passes, steps: range, micro: int = 2, batch: int = 3) -> np.n
     return np.concatenate([passes.step(s, micro, batch).ravel() for s in steps])
 
 
+@pytest.mark.parametrize("kind", ["passes", "random"])
 @pytest.mark.parametrize("tokens", [BLOCK + 1, 2 * BLOCK, 1000, 1000 + BLOCK - 1])
-def test_every_window_fits(tokens):
-    passes = Passes(7, tokens, BLOCK)
-    got = starts(passes, range(40))
+def test_every_window_fits(kind, tokens):
+    got = starts(train_windows(kind, 7, tokens, BLOCK), range(40))
     assert got.min() >= 0 and got.max() + BLOCK + 1 <= tokens
 
 
@@ -32,15 +32,36 @@ def test_one_pass_shows_each_window_once():
     assert not np.array_equal(first, second)  # each pass has an order (and a shift) of its own
 
 
-def test_steps_depend_on_the_step_alone():
-    """A resumed run builds a fresh Passes and asks for step k: it must get what an unbroken run got."""
-    whole = Passes(7, 1000, BLOCK)
+@pytest.mark.parametrize("kind", ["passes", "random"])
+def test_steps_depend_on_the_step_alone(kind):
+    """A resumed run builds a fresh sampler and asks for step k: it must get what an unbroken run got."""
+    whole = train_windows(kind, 7, 1000, BLOCK)
     unbroken = [whole.step(s, 2, 3) for s in range(200)]
-    fresh = Passes(7, 1000, BLOCK)
+    fresh = train_windows(kind, 7, 1000, BLOCK)
     for s in (150, 3, 199, 80):
         np.testing.assert_array_equal(fresh.step(s, 2, 3), unbroken[s])
     assert fresh.step(0, 2, 3).shape == (2, 3)
 
 
-def test_seed_changes_the_windows():
-    assert not np.array_equal(starts(Passes(1, 1000, BLOCK), range(5)), starts(Passes(2, 1000, BLOCK), range(5)))
+@pytest.mark.parametrize("kind", ["passes", "random"])
+def test_seed_changes_the_windows(kind):
+    a, b = (starts(train_windows(kind, seed, 1000, BLOCK), range(5)) for seed in (1, 2))
+    assert not np.array_equal(a, b)
+
+
+def test_random_windows_are_the_earlier_sampler():
+    """`random` is the stream every run drew before train.windows existed, even when resumed mid-way."""
+    data = np.zeros(1000, np.uint16)
+    stream = np.random.default_rng(7)
+    earlier = [random_offsets(stream, data, 6, BLOCK).reshape(2, 3) for _ in range(50)]
+    unbroken = train_windows("random", 7, len(data), BLOCK)
+    assert all(np.array_equal(unbroken.step(s, 2, 3), earlier[s]) for s in range(50))
+    resumed = train_windows("random", 7, len(data), BLOCK)
+    resumed.REPLAY_CHUNK = 5  # replay in pieces that split steps
+    assert all(np.array_equal(resumed.step(s, 2, 3), earlier[s]) for s in range(31, 50))
+
+
+def test_random_windows_are_no_tiling():
+    """The with-replacement draw: starts anywhere, so windows overlap instead of tiling the data."""
+    got = train_windows("random", 7, 1000, BLOCK).step(0, 1, 60).ravel()
+    assert len(set((got % BLOCK).tolist())) > 1

@@ -24,11 +24,39 @@ def step_offsets(rng: np.random.Generator, data: np.ndarray, micro_batches: int,
     return random_offsets(rng, data, micro_batches * batch_size, block_size).reshape(micro_batches, batch_size)
 
 
+class RandomWindows:
+    """The train windows drawn at random with replacement, as nanoGPT draws them: one stream of starts from the
+    seed, the draw of every run here before 2026-12-03, so the figures of that time rerun exactly.
+
+    Asked for a step out of turn (a resumed run), it replays the stream from the seed to that step: a resumed
+    run draws what an uninterrupted one would, with no sampler state in the checkpoint.
+    """
+
+    REPLAY_CHUNK = 1 << 20  # starts drawn (and dropped) at a time when replaying: bounds the memory
+
+    def __init__(self, seed: int, tokens: int, block_size: int):
+        self.seed, self.high = seed, tokens - block_size
+        self._rng, self._next = np.random.default_rng(seed), 0
+
+    def step(self, step: int, micro_batches: int, batch_size: int) -> np.ndarray:
+        count = micro_batches * batch_size
+        if step != self._next:
+            # numpy's Generator.integers gives one stream however the draws are split (tested)
+            self._rng, skip = np.random.default_rng(self.seed), step * count
+            while skip:
+                drawn = min(skip, self.REPLAY_CHUNK)
+                self._rng.integers(0, self.high, size=drawn)
+                skip -= drawn
+        self._next = step + 1
+        return self._rng.integers(0, self.high, size=count).reshape(micro_batches, batch_size)
+
+
 class Passes:
     """The train windows, drawn without replacement: pass e over the data tiles it into windows of block_size
     tokens from a random shift, in a random order, both drawn from (seed, e). Drawing with replacement
     instead shows some stories twice as often as others over a run of a few passes; this way each is seen
-    as often as the next, which scored lower validation loss on the small shared sample (README).
+    as often as the next, which scored lower validation loss on the small shared sample (README) than
+    RandomWindows.
 
     A step's windows depend only on the step number, so a resumed run draws what an uninterrupted one would
     and every rank draws the same (nothing to save, nothing to broadcast).
@@ -55,3 +83,8 @@ class Passes:
             shift, order = self._tiling(n // self.slots)
             out[i] = shift + order[n % self.slots] * self.block_size
         return out.reshape(micro_batches, batch_size)
+
+
+def train_windows(kind: str, seed: int, tokens: int, block_size: int) -> Passes | RandomWindows:
+    """train.windows' sampler over a train split of `tokens` tokens: "passes" or "random"."""
+    return {"passes": Passes, "random": RandomWindows}[kind](seed, tokens, block_size)

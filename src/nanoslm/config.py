@@ -23,6 +23,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZERS = ("gpt2",)
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
+WINDOWS = ("passes", "random")
 
 
 def cpu_threads(threads: int) -> int:
@@ -147,6 +148,7 @@ class TrainConfig(_Section):
     muon_lr: float  # Muon's peak learning rate (optimizer: muon); lr stays AdamW's
     schedule: str  # cosine | wsd (warmup, stable at the peak, linear decay over the last decay_frac)
     decay_frac: float  # wsd: fraction of lr_decay_iters spent decaying to min_lr
+    windows: str  # passes | random: train windows drawn without or with replacement (batches.py)
 
     def validate(self):
         self._positive("batch_size", "grad_accum_steps", "lr", "max_iters", "eval_interval", "eval_iters",
@@ -165,6 +167,7 @@ class TrainConfig(_Section):
         self._one_of("schedule", SCHEDULES)
         if not 0 < self.decay_frac <= 1:
             self._fail("decay_frac", f"must be in (0, 1], got {self.decay_frac}")
+        self._one_of("windows", WINDOWS)
 
 
 @dataclass(frozen=True)

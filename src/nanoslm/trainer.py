@@ -1,5 +1,5 @@
-"""The train stage: AdamW (or Muon for the blocks' matrices) on windows of the train tokens drawn without
-replacement (batches.Passes), with a linear warmup and a cosine or warmup-stable-decay (wsd) schedule.
+"""The train stage: AdamW (or Muon for the blocks' matrices) on windows of the train tokens (drawn without
+replacement by default: batches.Passes), with a linear warmup and a cosine or warmup-stable-decay (wsd) schedule.
 
 Validation runs on one fixed set of windows (drawn once from the seed), so every evaluation, and
 every experiment with the same seed and data, scores the very same tokens; its loss is logged in nats
@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from . import bins, checkpoint, distributed, faults, hardware
-from .batches import Passes, step_offsets, windows
+from .batches import step_offsets, train_windows, windows
 from .config import Params, TrainConfig, cpu_threads
 from .errors import UserError, brief
 from .model import GPT
@@ -113,7 +113,6 @@ def fingerprint(params: Params, meta: dict, hw: hardware.Hardware, world_size: i
         "train": train,
         "dtype": str(hw.dtype).removeprefix("torch."),
         "processes": world_size,
-        "batches": "passes",  # how train windows are drawn: a checkpoint from the random-window sampler must not resume
         "data": {"tokenizer": meta["tokenizer"], "splits": meta["splits"]},
     }
 
@@ -300,7 +299,7 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
     seed_everything(tc.seed + ranks.rank)
     meta, train_data, val_data = load_data(tokens_dir, params)
     state = TrainState(params, meta, hw, ranks)
-    passes = Passes(tc.seed, len(train_data), cfg.block_size)  # the same windows on every rank
+    sampler = train_windows(tc.windows, tc.seed, len(train_data), cfg.block_size)  # alike on every rank
     model, say = state.model, _printer(ranks)
     last_path, best_path = models_dir / "last.pt", models_dir / "best.pt"
     resumed_at = state.resume(last_path, tc.max_iters, say)
@@ -341,7 +340,7 @@ def _train(params: Params, hw, ranks, tokens_dir: Path, models_dir: Path, live_d
                 break
             faults.trip(f"step:{step}")
 
-            offsets = passes.step(step, tc.grad_accum_steps, tc.batch_size)
+            offsets = sampler.step(step, tc.grad_accum_steps, tc.batch_size)
             micro_batches = (windows(train_data, o, cfg.block_size, hw.device)
                              for o in distributed.share(offsets, ranks))
             state.window_loss += optimizer_step(forward, state.optimizers, state.scaler, micro_batches,

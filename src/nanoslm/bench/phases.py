@@ -62,7 +62,7 @@ def _train_setup(spec: dict, fast: bool):
 
     from .. import bins, hardware
     from ..model import GPT
-    from ..batches import Passes
+    from ..batches import train_windows
 
     params = _params_from_dict(spec["params"])
     if not fast:
@@ -83,9 +83,9 @@ def _train_setup(spec: dict, fast: bool):
     torch.manual_seed(tc.seed)
     model = GPT(cfg).to(hw.device)  # built on the CPU from the seed, then moved: same weights in both loops
     model.train()
-    passes = Passes(tc.seed, len(data), cfg.block_size)
+    sampler = train_windows(tc.windows, tc.seed, len(data), cfg.block_size)
     total = WARMUP_STEPS + spec["steps"]
-    offsets = [passes.step(step, tc.grad_accum_steps, tc.batch_size) for step in range(total)]  # as the trainer's
+    offsets = [sampler.step(step, tc.grad_accum_steps, tc.batch_size) for step in range(total)]  # as the trainer's
     return params, hw, model, (data, source), offsets
 
 
