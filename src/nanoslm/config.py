@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .tokenizer import MIN_VOCAB, N_VOCAB
+from .gpt2 import MIN_VOCAB, N_VOCAB
 
 MAX_NEW_TOKENS = 10_000  # per story: far past any context here, and a bound for one request's work
 MAX_TEMPERATURE = 2.0  # past this, sampling is close to uniform noise (OpenAI's API has the same bound)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import hardware
 from .config import Sampling
 from .model import GPT
-from .tokenizer import EOT, N_VOCAB
+from .gpt2 import EOT, N_VOCAB
 
 
 def generators(seed: int, n: int) -> list[torch.Generator]:

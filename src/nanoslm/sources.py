@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from .config import DataConfig
 from .errors import UserError, brief
-from .tokenizer import EOT_TEXT as SEPARATOR  # the hub's .txt files end every story with a line holding exactly this
+from .gpt2 import EOT_TEXT as SEPARATOR  # the hub's .txt files end every story with a line holding exactly this
 
 SPLITS = ("train", "validation")
 FORMATS = (".txt", ".jsonl", ".json", ".parquet")

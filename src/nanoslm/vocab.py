@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .sources import iter_txt_stories
-from .tokenizer import N_BYTES, N_VOCAB, Vocabulary, gpt2_encoding, gpt2_merges, vocabulary
+from .gpt2 import N_BYTES, N_VOCAB
+from .tokenizer import Vocabulary, gpt2_encoding, gpt2_merges, vocabulary
 
 SAMPLE_BYTES = 64 << 20  # the train split's first 64 MiB of story text (~80K TinyStories) choose the kept tokens
 def count_gpt2_ids(txt_path, batch_stories: int, threads: int, max_bytes: int = SAMPLE_BYTES) -> np.ndarray:

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 
 from ..config import Params, cpu_threads
-from ..tokenizer import N_VOCAB as GPT2_VOCAB
+from ..gpt2 import N_VOCAB as GPT2_VOCAB
 from ..errors import UserError
 from . import GB, WARMUP_STEPS
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..config import MAX_NEW_TOKENS, MAX_TEMPERATURE, Sampling
-from ..tokenizer import N_VOCAB
+from ..gpt2 import N_VOCAB
 
 DEFAULT = Sampling()
 
