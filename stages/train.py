@@ -8,7 +8,7 @@ import sys
 from nanoslm import distributed
 from nanoslm.config import load_params
 from nanoslm.errors import exit_on_user_error
-from nanoslm.trainer import train
+from nanoslm.train import train
 
 if __name__ == "__main__":
     with exit_on_user_error():

@@ -70,7 +70,7 @@ def tiny_params():
 @pytest.fixture
 def tokens_dir(tmp_path, corpus_dir, tiny_params) -> Path:
     """corpus_dir downloaded and tokenized into tmp_path/tokens, as the pipeline would."""
-    from nanoslm.bins import tokenize
+    from nanoslm.tokenization import tokenize
     from nanoslm.sources import download
 
     raw = tmp_path / "raw"

@@ -19,13 +19,14 @@ from conftest import REPO
 PACKAGE = REPO / "src" / "nanoslm"
 
 
-def nanoslm_imports(path: Path) -> set[str]:
-    """Names of the nanoslm modules one file imports (e.g. {'config', 'bench.phases'})."""
+def nanoslm_imports(path: Path, when_imported: bool = False) -> set[str]:
+    """Names of the nanoslm modules one file imports (e.g. {'config', 'bench.phases'}), anywhere in it, or with
+    when_imported only those its own import runs (its top-level statements, not its functions)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     inside = PACKAGE in path.parents
     here = path.relative_to(PACKAGE).parent.parts if inside else ()
     found = set()
-    for node in ast.walk(tree):
+    for node in (_outside_functions(tree) if when_imported else ast.walk(tree)):
         if isinstance(node, ast.Import):
             found |= {a.name.removeprefix("nanoslm.") for a in node.names if a.name.startswith("nanoslm.")}
         elif isinstance(node, ast.ImportFrom):
@@ -43,6 +44,14 @@ def nanoslm_imports(path: Path) -> set[str]:
             for alias in node.names:  # `from . import x` may name a module x
                 found.add(".".join(prefix + [alias.name]))
     return {name for name in found if module_file(name) is not None}
+
+
+def _outside_functions(tree: ast.AST):
+    """The nodes of a module that its import runs (an `if TYPE_CHECKING:` block's included), not function bodies."""
+    for node in ast.iter_child_nodes(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield node
+            yield from _outside_functions(node)
 
 
 def module_file(name: str):
@@ -83,12 +92,13 @@ def test_stage_deps_list_every_module_its_script_imports(name):
 
 
 def test_the_import_finder_sees_direct_relative_and_lazy_imports(tmp_path):
-    # stages/train.py imports trainer, which imports plotting at module level and dvclive lazily (not nanoslm)
+    # stages/train.py imports the train package, whose loop imports plotting at module level and dvclive lazily
     found = closure(REPO / "stages" / "train.py")
-    for module in ("config", "errors", "trainer", "plotting", "atomic", "model"):
+    for module in ("config", "errors", "train/loop", "train/log", "plotting", "atomic", "model"):
         assert PACKAGE / f"{module}.py" in found
-    # cli.py imports evaluate only inside a function
-    assert "evaluate" in nanoslm_imports(PACKAGE / "cli.py")
+    # cli.py imports evaluate_text only inside a function
+    assert "evaluate_text" in nanoslm_imports(PACKAGE / "cli.py")
+    assert "evaluate_text" not in nanoslm_imports(PACKAGE / "cli.py", when_imported=True)
     assert PACKAGE / "cli.py" not in found
 
 
@@ -122,3 +132,53 @@ def test_every_stage_runs_with_the_packages_own_dependencies(name):
         if not dists & required:
             missing[module] = sorted(dists)
     assert not missing, f"stage {name!r} imports modules outside pyproject's dependencies: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_list_no_module_its_script_does_not_import(name):
+    """A dep the script never imports would rerun the stage (ten minutes of training) for an unrelated edit."""
+    stage = STAGES[name]
+    script = next(part for part in stage["cmd"].split() if part.startswith("stages/"))
+    imported = closure(REPO / script)
+    extra = sorted(d for d in stage["deps"] if d.startswith("src/")
+                   and not any(f == REPO / d or REPO / d in f.parents for f in imported))
+    assert not extra, f"dvc.yaml stage {name!r} lists modules its script never imports: {', '.join(extra)}"
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "sample"])
+def test_readers_of_tokens_do_not_depend_on_the_writer_or_the_download_readers(name):
+    """Editing how stories are downloaded or tokens written must not rerun training, evaluation or sampling."""
+    script = next(part for part in STAGES[name]["cmd"].split() if part.startswith("stages/"))
+    writers = {PACKAGE / f"{m}.py" for m in ("sources", "vocab", "tokenization")}
+    assert not closure(REPO / script) & writers
+
+
+def test_no_stage_script_shadows_a_standard_library_module():
+    """`python stages/x.py` puts stages/ first on sys.path: a stages/tokenize.py would replace the stdlib's."""
+    shadowing = sorted(p.name for p in (REPO / "stages").glob("*.py") if p.stem in sys.stdlib_module_names)
+    assert not shadowing
+
+
+def test_the_package_has_no_import_cycles():
+    """A cycle makes import order matter (a half-initialised module) and ties unrelated modules together."""
+    names = [".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+             for p in PACKAGE.rglob("*.py")]
+    # a submodule naming its own package (`from . import x` in serve/app.py) adds no edge: importing it ran the
+    # package's __init__ first anyway
+    ancestors = lambda n: {".".join(n.split(".")[:i]) for i in range(1, n.count(".") + 1)}  # noqa: E731
+    graph = {n: nanoslm_imports(module_file(n), when_imported=True) - {n} - ancestors(n)
+             for n in names if n != "__init__"}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from nanoslm import bins, checkpoint
+from nanoslm import checkpoint, tokens as token_files
 from nanoslm.cli import main
 from nanoslm.config import GPTConfig
 from nanoslm.errors import UserError
-from nanoslm.evaluate import evaluate_checkpoint, evaluate_text_file, metrics, split_nll
+from nanoslm.evaluate import evaluate_checkpoint, metrics, split_nll
+from nanoslm.evaluate_text import evaluate_text_file
 from nanoslm.hardware import Hardware
 from nanoslm.model import GPT
 
@@ -80,8 +81,8 @@ def test_metrics_formulas():
 def test_evaluate_checkpoint(ckpt, tokens_dir):
     first = evaluate_checkpoint(ckpt, tokens_dir, batch_size=32, hw=CPU)
     assert set(first) == KEYS
-    tokens = bins.load_split(tokens_dir, "validation")
-    meta = bins.read_meta(tokens_dir)
+    tokens = token_files.load_split(tokens_dir, "validation")
+    meta = token_files.read_meta(tokens_dir)
     assert first["tokens"] == len(tokens) - 1  # every token but the first, once
     assert first["bytes"] == meta["splits"]["validation"]["bytes"]
     assert first["step"] == 42
@@ -117,7 +118,7 @@ def test_cli_evaluate_prints_json(ckpt, tokens_dir, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert set(result) == KEYS
     assert result["step"] == 42
-    assert result["tokens"] == len(bins.load_split(tokens_dir, "validation")) - 1
+    assert result["tokens"] == len(token_files.load_split(tokens_dir, "validation")) - 1
 
     main(["evaluate", "--checkpoint", str(ckpt), "--data", str(txt), "--device", "cpu", "--dtype", "float32",
           "--batch-size", "5", "--threads", "1"])
@@ -151,7 +152,7 @@ def test_cli_missing_data_file_exits_2(ckpt, tmp_path, capsys, monkeypatch):
 
 
 def test_pruned_vocabulary_is_scored_and_named(tmp_path, tiny_params):
-    from nanoslm.bins import tokenize
+    from nanoslm.tokenization import tokenize
     from nanoslm.tokenizer import label
 
     from conftest import make_stories, write_txt

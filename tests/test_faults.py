@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from conftest import REPO, dvc_project, write_txt
-from nanoslm import atomic, bins, checkpoint
+from nanoslm import atomic, checkpoint, tokenization
 from nanoslm.errors import UserError
 from nanoslm.model import GPT
 from nanoslm.tokenizer import get_encoding
@@ -44,16 +44,16 @@ def test_disk_full_keeps_the_previous_file(tmp_path):
 def test_disk_full_while_writing_bins(tmp_path, corpus_dir, monkeypatch):
     enc = get_encoding("gpt2")
     good = tmp_path / "train.bin"
-    bins.tokenize_split(corpus_dir / "train.txt", good, enc, 64, 1)
+    tokenization.tokenize_split(corpus_dir / "train.txt", good, enc, 64, 1)
     before = good.read_bytes()
 
     class FullDisk(np.ndarray):
         tofile = no_space
 
     real_asarray = np.asarray
-    monkeypatch.setattr(bins.np, "asarray", lambda *a, **k: real_asarray(*a, **k).view(FullDisk))
+    monkeypatch.setattr(tokenization.np, "asarray", lambda *a, **k: real_asarray(*a, **k).view(FullDisk))
     with pytest.raises(UserError, match="disk full"):
-        bins.tokenize_split(corpus_dir / "train.txt", good, enc, 64, 1)
+        tokenization.tokenize_split(corpus_dir / "train.txt", good, enc, 64, 1)
     assert good.read_bytes() == before
     assert leftovers(tmp_path) == []
 
@@ -186,7 +186,7 @@ def test_block_size_larger_than_the_validation_split(tmp_path, tokens_dir):
 def test_a_story_longer_than_anything_else_is_fine(tmp_path):
     long_story = " ".join(["Once upon a time there was a very long story."] * 40000)  # ~1.8 MB, one story
     txt = write_txt(tmp_path / "long.txt", [long_story, "A short one."])
-    stats = bins.tokenize_split(txt, tmp_path / "long.bin", get_encoding("gpt2"), 2, 1)
+    stats = tokenization.tokenize_split(txt, tmp_path / "long.bin", get_encoding("gpt2"), 2, 1)
     assert stats["stories"] == 2 and stats["tokens"] > 400000
     ids = np.fromfile(tmp_path / "long.bin", dtype=np.uint16)
     assert (ids == 50256).sum() == 3

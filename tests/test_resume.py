@@ -18,7 +18,7 @@ MAX_ITERS = 40
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory) -> Path:
-    from nanoslm.bins import tokenize
+    from nanoslm.tokenization import tokenize
     from nanoslm.config import TokenizerConfig
 
     raw = tmp_path_factory.mktemp("raw")

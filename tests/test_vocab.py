@@ -9,7 +9,8 @@ import pytest
 from nanoslm import tokenizer, vocab
 from nanoslm.config import TokenizerConfig
 from nanoslm.errors import UserError
-from nanoslm.tokenizer import (EOT_TEXT, N_VOCAB, check_tokens, encoding_for, gpt2_encoding, gpt2_merges, label,
+from nanoslm.tokens import check_tokens
+from nanoslm.tokenizer import (EOT_TEXT, N_VOCAB, encoding_for, gpt2_encoding, gpt2_merges, label,
                                vocabulary)
 
 from conftest import make_stories, write_txt

@@ -34,7 +34,7 @@ def _hardware(args) -> hardware.Hardware:
 
 
 def _evaluate(args) -> None:
-    from .evaluate import evaluate_text_file
+    from .evaluate_text import evaluate_text_file
 
     batch_size = EvalConfig(batch_size=args.batch_size).batch_size  # checked as eval.batch_size in params.yaml is
     result = evaluate_text_file(args.checkpoint, args.data, batch_size, _hardware(args))

@@ -3,12 +3,17 @@
 With one process every helper here is a no-op, so the trainer has one code path.
 """
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from . import hardware
+from .config import Params, cpu_threads
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,21 @@ def share(items: list, ranks: Ranks) -> list:
     """This rank's equal, contiguous share of `items` (e.g. a step's micro-batches)."""
     per_rank = len(items) // ranks.world_size
     return items[ranks.rank * per_rank:][:per_rank]
+
+
+def share_hardware(hw: hardware.Hardware, ranks: Ranks, params: Params) -> hardware.Hardware:
+    """This rank's device (its own GPU; on CPU, its share of the cores), and the malloc tuning on CPU."""
+    if params.train.grad_accum_steps % ranks.world_size:
+        raise UserError(f"train.grad_accum_steps ({params.train.grad_accum_steps}) must be divisible by the number of "
+                        f"processes ({ranks.world_size}); each process takes an equal share of the micro-batches")
+    if ranks.enabled and hw.device_type == "cuda":
+        hw = dataclasses.replace(hw, device=torch.device("cuda", ranks.local_rank))
+    elif ranks.enabled:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+        torch.set_num_threads(max(1, cpu_threads(params.hardware.threads) // local))
+    if hw.device_type == "cpu":
+        hardware.keep_freed_memory()
+    return hw
 
 
 def shutdown(ranks: Ranks) -> None:

@@ -6,18 +6,17 @@ tokens, so token i (for i >= 1) is scored once, with up to block_size tokens of 
 
 import math
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import bins, checkpoint, hardware
+from . import checkpoint, hardware
 from .batches import windows
 from .errors import UserError
 from .model import GPT
-from .tokenizer import encoding_for, label, vocab_size_of
+from .tokenizer import label, vocab_size_of
+from .tokens import load_split, read_meta
 
 
 def split_nll(model: GPT, tokens: np.ndarray, batch_size: int, hw: hardware.Hardware) -> float:
@@ -62,27 +61,16 @@ def evaluate_checkpoint(checkpoint_path, tokens_dir, batch_size: int, hw: hardwa
                         split: str = "validation") -> dict:
     """Metrics of a checkpoint on one split of the pipeline's tokens."""
     model, state = checkpoint.load_model(checkpoint_path, hw.device)
-    meta = bins.read_meta(tokens_dir)
+    meta = read_meta(tokens_dir)
     if state["tokenizer"] != meta["tokenizer"]:
         raise UserError(f"{checkpoint_path}: trained with tokenizer {label(state['tokenizer'])!r} "
                         f"({vocab_size_of(state['tokenizer'])} ids) but {tokens_dir} holds tokens of "
                         f"{label(meta['tokenizer'])!r} ({vocab_size_of(meta['tokenizer'])} ids); rerun: dvc repro")
-    tokens = bins.load_split(tokens_dir, split)
-    return _score(model, state, tokens, meta["splits"][split]["bytes"], batch_size, hw)
+    tokens = load_split(tokens_dir, split)
+    return score(model, state, tokens, meta["splits"][split]["bytes"], batch_size, hw)
 
 
-def evaluate_text_file(checkpoint_path, data_file, batch_size: int, hw: hardware.Hardware) -> dict:
-    """Metrics of a checkpoint on a .txt in the hub's layout, tokenized as the pipeline's bins are."""
-    model, state = checkpoint.load_model(checkpoint_path, hw.device)
-    with tempfile.TemporaryDirectory(prefix="nanoslm-eval-") as tmp:
-        bin_path = Path(tmp) / "data.bin"
-        enc = encoding_for(state["tokenizer"], source=checkpoint_path)
-        stats = bins.tokenize_split(data_file, bin_path, enc, 1024, 0)
-        tokens = np.fromfile(bin_path, dtype=bins.DTYPE)
-    return _score(model, state, tokens, stats["bytes"], batch_size, hw)
-
-
-def _score(model: GPT, state: dict, tokens: np.ndarray, text_bytes: int, batch_size: int,
+def score(model: GPT, state: dict, tokens: np.ndarray, text_bytes: int, batch_size: int,
            hw: hardware.Hardware) -> dict:
     """metrics() plus the checkpoint's step and the vocabulary the numbers belong to (bits_per_byte compares across
     vocabularies; val_loss and perplexity are per token, so only within one)."""

@@ -103,7 +103,7 @@ def encoding_for(value: Vocabulary, source="meta.json") -> tiktoken.Encoding:
     """
     if isinstance(value, str):
         return get_encoding(value)
-    ranks = _checked_ranks(value, source)
+    ranks = checked_ranks(value, source)
     enc = pruned_encoding(ranks)
     if value["sha256"] != vocab_sha256(enc):
         raise UserError(f"{source}: the tokenizer's kept GPT-2 ranks do not match its sha256, so the vocabulary "
@@ -155,26 +155,8 @@ def label(value: Vocabulary) -> str:
     return str(value)
 
 
-def check_tokens(tokens_dir, meta: dict, cfg: "TokenizerConfig") -> None:
-    """Refuse tokens (tokens_dir/meta.json, already read) made with another tokenizer than params' `tokenizer`."""
-    where = f"{Path(tokens_dir) / 'meta.json'}"
-    value = meta.get("tokenizer")
-    name = value.get("name") if isinstance(value, dict) else value
-    if name != cfg.name:
-        raise UserError(f"{where}: tokens are from tokenizer {name!r} but tokenizer.name is {cfg.name!r}; "
-                        f"rerun: dvc repro tokenize")
-    if isinstance(value, dict):
-        _checked_ranks(value, where)
-    size = vocab_size_of(value)
-    if size != cfg.vocab_size:
-        raise UserError(f"{where}: tokens use a {size}-id vocabulary but tokenizer.vocab_size is {cfg.vocab_size}; "
-                        f"rerun: dvc repro tokenize")
-    if meta.get("vocab_size") != size:
-        raise UserError(f"{where}: vocab_size {meta.get('vocab_size')} does not match its tokenizer's {size} ids, so "
-                        f"the file is damaged; rerun: dvc repro --force tokenize")
-
-
-def _checked_ranks(value: dict, source) -> tuple:
+def checked_ranks(value: dict, source) -> tuple:
+    """The kept GPT-2 ranks of a pruned "tokenizer" value; a UserError naming `source` if it is not one tokenize writes."""
     ranks = value.get("ranks")
     ok = (set(value) == {"name", "vocab_size", "ranks", "sha256"} and value["name"] == "gpt2"
           and isinstance(ranks, list) and all(type(r) is int for r in ranks)

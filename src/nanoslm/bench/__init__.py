@@ -11,9 +11,9 @@ and cannot be undone; so every phase's peak RSS is its own and the reference loo
   speedup_vs_reference is the fast path against it. When the params' vocabulary is another size, a
   second reference runs at the params' vocabulary: speedup_same_vocab (= speedup_vs_reference otherwise).
 - train: the training stage's fast path with the params as they are (hardware.setup, keep_freed_memory,
-  GPT, train.optimizer, torch.compile, trainer.optimizer_step) on the same-vocabulary reference's initial
+  GPT, train.optimizer, torch.compile, train.optimizer_step) on the same-vocabulary reference's initial
   weights and batches, so with AdamW their losses can be compared step by step (numerics_ok)
-- tokenize: nanoslm.bins.tokenize_split on a generated corpus (default 80 MB, over 10x the shared sample)
+- tokenize: nanoslm.tokenization.tokenize_split on a generated corpus (default 80 MB, over 10x the shared sample)
 - sample: new tokens/s at batch 1 through the generation engine, with and without its KV cache
 
 Nothing here imports torch at module level: the tokenize phase's peak RSS is the tokenizer's alone.
@@ -145,9 +145,9 @@ def _check_tokens_dir(tokens_dir, block_size: int) -> typing.Optional[str]:
     """tokens_dir as a string if it holds a usable train split, else None (random tokens)."""
     if tokens_dir is None or not (Path(tokens_dir) / "meta.json").is_file():
         return None
-    from .. import bins
+    from ..tokens import load_split
 
-    bins.load_split(tokens_dir, "train", block_size)  # the train stage's own checks
+    load_split(tokens_dir, "train", block_size)  # the train stage's own checks
     return str(Path(tokens_dir).resolve())
 
 

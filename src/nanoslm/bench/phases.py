@@ -60,7 +60,8 @@ def _train_setup(spec: dict, fast: bool):
     import numpy as np
     import torch
 
-    from .. import bins, hardware
+    from .. import hardware
+    from ..tokens import load_split, read_meta
     from ..model import GPT
     from ..batches import train_windows
 
@@ -74,8 +75,8 @@ def _train_setup(spec: dict, fast: bool):
         torch.set_float32_matmul_precision("highest")
     elif hw.device_type == "cpu":
         hardware.keep_freed_memory()  # as the train stage does; this process only
-    if spec["tokens_dir"] and bins.read_meta(spec["tokens_dir"])["vocab_size"] <= cfg.vocab_size:
-        data, source = bins.load_split(spec["tokens_dir"], "train"), spec["tokens_dir"]
+    if spec["tokens_dir"] and read_meta(spec["tokens_dir"])["vocab_size"] <= cfg.vocab_size:
+        data, source = load_split(spec["tokens_dir"], "train"), spec["tokens_dir"]
     else:
         data = np.random.default_rng(tc.seed + 2).integers(0, min(cfg.vocab_size, GPT2_VOCAB),
                                                            size=max(1 << 20, 4 * cfg.block_size), dtype=np.uint16)
@@ -138,7 +139,7 @@ def phase_reference(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from ..batches import windows
-    from ..trainer import lr_at
+    from ..train import lr_at
 
     params, hw, model, (data, source), offsets = _train_setup(spec, fast=False)
     tc, cfg = params.train, params.model
@@ -175,15 +176,15 @@ def phase_train(spec: dict) -> dict | None:
 
     from .. import distributed
     from ..batches import windows
-    from ..trainer import lrs_at, make_optimizers, maybe_compile, optimizer_step, share_hardware
+    from ..train import lrs_at, make_optimizers, make_scaler, maybe_compile, optimizer_step
 
     params, hw, model, (data, source), offsets = _train_setup(spec, fast=True)
     tc, cfg = params.train, params.model
     ranks = distributed.init(hw.device_type)
-    hw = share_hardware(hw, ranks, params)
+    hw = distributed.share_hardware(hw, ranks, params)
     model = model.to(hw.device)
     optimizers = make_optimizers(model, tc, hw)
-    scaler = torch.amp.GradScaler(hw.device_type, enabled=hw.dtype == torch.float16)
+    scaler = make_scaler(hw)
     compiled = maybe_compile(model, params.hardware.compile, (tc.batch_size, cfg.block_size))
     forward = distributed.wrap(compiled, ranks, hw.device)
 
@@ -226,8 +227,8 @@ def peak_matmul_flops(hw, reps: int = 5) -> tuple[float, int]:
 
 
 def phase_tokenize(spec: dict) -> dict:
-    """nanoslm.bins.tokenize_split on the corpus, with the params' threads and batch size."""
-    from ..bins import tokenize_split
+    """nanoslm.tokenization.tokenize_split on the corpus, with the params' threads and batch size."""
+    from ..tokenization import tokenize_split
     from ..tokenizer import get_encoding
 
     params = _params_from_dict(spec["params"])

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from nanoslm import bins
-from nanoslm.bins import load_split, read_meta, tokenize, tokenize_split
+from nanoslm import tokens as token_files
+from nanoslm.tokenization import tokenize, tokenize_split
+from nanoslm.tokens import check_tokens, load_split, read_meta
 from nanoslm.config import TokenizerConfig
 from nanoslm.errors import UserError
-from nanoslm.tokenizer import EOT, check_tokens, encoding_for, gpt2_encoding, vocabulary
+from nanoslm.tokenizer import EOT, encoding_for, gpt2_encoding, vocabulary
 from nanoslm.vocab import count_gpt2_ids, select_ranks
 
 TRAIN = ["Hello world", "Once upon a time, “Lily” saw a café.\n\nThe end.", "Tom ran.", "A <|endoftext|> B", "Hi."]
@@ -135,7 +136,7 @@ def test_the_highest_gpt2_ids_survive_the_bin(tmp_path):
     """GPT-2's last ordinary token (50255, ' gazed') and <|endoftext|> (50256) come back from the uint16 file."""
     write_hub_txt(tmp_path / "train.txt", ["She gazed"])
     tokenize_split(tmp_path / "train.txt", tmp_path / "train.bin", gpt2_encoding(), batch_stories=1, threads=1)
-    assert np.fromfile(tmp_path / "train.bin", dtype=bins.DTYPE).tolist() == [EOT, 3347, 50255, EOT]
+    assert np.fromfile(tmp_path / "train.bin", dtype=token_files.DTYPE).tolist() == [EOT, 3347, 50255, EOT]
 
 
 def test_pruned_vocabulary_is_chosen_from_train_and_stored_in_meta(raw, tmp_path):

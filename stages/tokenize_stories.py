@@ -2,7 +2,7 @@
 
 import sys
 
-from nanoslm.bins import tokenize
+from nanoslm.tokenization import tokenize
 from nanoslm.config import load_params
 from nanoslm.errors import exit_on_user_error
 

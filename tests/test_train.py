@@ -11,8 +11,8 @@ from nanoslm import checkpoint
 from nanoslm.config import load_params
 from nanoslm.errors import UserError
 from nanoslm.batches import windows
-from nanoslm.bins import check_windows, min_tokens
-from nanoslm.trainer import lr_at, lrs_at, train
+from nanoslm.tokens import check_windows, min_tokens
+from nanoslm.train import lr_at, lrs_at, train
 
 from conftest import REPO, make_stories, write_txt
 
@@ -73,19 +73,19 @@ def test_one_window_is_the_fewest_tokens_train_and_bench_accept():
 
 
 def test_bench_and_train_refuse_the_same_short_split(tokens_dir):
-    """One check, one message: bench's tokens dir and train's data go through bins.load_split(block_size=...)."""
-    from nanoslm import bench, bins
+    """One check, one message: bench's tokens dir and train's data go through tokens.load_split(block_size=...)."""
+    from nanoslm import bench, tokens as token_files
     from nanoslm.config import load_params
 
-    n = len(bins.load_split(tokens_dir, "train"))
+    n = len(token_files.load_split(tokens_dir, "train"))
     params = load_params(REPO / "params-ci.yaml").updated("model", block_size=n)
     with pytest.raises(UserError) as from_bench:
         bench.run_bench(params, only="train", tokens_dir=tokens_dir)
     with pytest.raises(UserError) as from_train:
-        bins.load_split(tokens_dir, "train", block_size=n)
+        token_files.load_split(tokens_dir, "train", block_size=n)
     assert str(from_bench.value) == str(from_train.value)
     assert f"has {n} tokens, too few for model.block_size {n}" in str(from_train.value)
-    assert len(bins.load_split(tokens_dir, "train", block_size=n - 1)) == n  # exactly one window fits
+    assert len(token_files.load_split(tokens_dir, "train", block_size=n - 1)) == n  # exactly one window fits
 
 
 # ---- train() end to end: two identical tiny runs, shared by the tests below ----
@@ -100,7 +100,7 @@ def tsv(path):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from nanoslm.bins import tokenize
+    from nanoslm.tokenization import tokenize
     from nanoslm.sources import download
 
     root = tmp_path_factory.mktemp("train")  # under pytest's temp root: not inside a git repo
@@ -177,12 +177,12 @@ def test_logged_losses(runs):
 def test_best_checkpoint_reproduces_its_val_loss(runs):
     """best.pt's model, scored on the trainer's fixed validation windows, gives the val_loss it was saved with."""
     params, [(out, _), _] = runs
-    from nanoslm import bins
+    from nanoslm import tokens as token_files
     from nanoslm.batches import random_offsets
 
     model, state = checkpoint.load_model(out / "models" / "best.pt")
     tc, T = params.train, params.model.block_size
-    val_data = bins.load_split(out.parent / "tokens", "validation")
+    val_data = token_files.load_split(out.parent / "tokens", "validation")
     offsets = random_offsets(np.random.default_rng(tc.seed + 1), val_data, tc.eval_iters * tc.batch_size, T)
     with torch.no_grad():
         losses = [model(*windows(val_data, o, T, torch.device("cpu"))).item()
@@ -247,7 +247,7 @@ def test_every_optimizer_follows_the_schedule_at_its_own_peak(tiny_params):
 def test_optimizer_step_sets_each_optimizers_learning_rate():
     from nanoslm import hardware
     from nanoslm.model import GPT
-    from nanoslm.trainer import optimizer_step
+    from nanoslm.train import optimizer_step
 
     cfg = dataclasses.replace(load_params(REPO / "params-ci.yaml").model, n_layer=1, n_embd=16, n_head=2,
                               block_size=8)
@@ -270,7 +270,7 @@ class _Broken(RuntimeError):
 
 def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
     from nanoslm.model import GPT
-    from nanoslm.trainer import maybe_compile
+    from nanoslm.train import maybe_compile
 
     model = GPT(dataclasses.replace(load_params(REPO / "params-ci.yaml").model, n_layer=1, n_embd=16, n_head=2))
 
@@ -293,7 +293,7 @@ def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
 def test_compiles_trial_run_draws_nothing_from_the_rngs(monkeypatch):
     """Dropout in the trial call must not move torch's RNG, or a resumed compiled run would differ."""
     from nanoslm.model import GPT
-    from nanoslm.trainer import maybe_compile
+    from nanoslm.train import maybe_compile
 
     model = GPT(dataclasses.replace(load_params(REPO / "params-ci.yaml").model, n_layer=1, n_embd=16, n_head=2,
                                     dropout=0.5)).train()
@@ -372,7 +372,7 @@ def test_muon_trains_and_saves_its_state(runs, tmp_path, monkeypatch):
 def test_muon_orthogonalizes_in_bf16_only_when_the_hardware_computes_in_bf16(dtype, float32_orthogonalization):
     from nanoslm import hardware
     from nanoslm.model import GPT
-    from nanoslm.trainer import make_optimizers
+    from nanoslm.train import make_optimizers
 
     params = load_params(REPO / "params-ci.yaml").updated("train", optimizer="muon")
     model = GPT(dataclasses.replace(params.model, n_layer=1, n_embd=16, n_head=2, block_size=8))
