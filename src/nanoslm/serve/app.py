@@ -19,7 +19,7 @@ from ..errors import UserError
 from . import limits, protocol
 from .generation import Job, Scheduler
 from .limits import ApiError
-from .models import Registry
+from .registry import Registry
 
 log = logging.getLogger("nanoslm.serve")
 
