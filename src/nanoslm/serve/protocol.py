@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..config import Sampling
 from . import limits
 from .limits import ApiError
 
@@ -28,6 +29,15 @@ class CompletionRequest:
     stop: list[str]
     stream: bool
     include_usage: bool
+
+    def sampling(self, vocab_size: int) -> Sampling:
+        """The engine's settings for a model of `vocab_size` ids; top_k is checked against it here, only here."""
+        top_k = self.top_k
+        if top_k is not None and top_k > vocab_size:
+            if self.top_k_given:  # more than this model has: refused, naming its vocabulary as the bound
+                limits.TOP_K.check(top_k, high=vocab_size)
+            top_k = None  # the default asks for more than this model has: all of them
+        return Sampling(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=top_k, top_p=self.top_p)
 
 
 def parse_json(body: bytes) -> dict:
