@@ -25,6 +25,7 @@ from nanoslm.hardware import Hardware
 from nanoslm.model import GPT
 from nanoslm.serve import Registry, running
 from nanoslm.serve.generation import StopFilter
+from nanoslm.serve.limits import ApiError
 from nanoslm.tokenizer import get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
@@ -447,6 +448,46 @@ def test_only_a_few_engines_stay_loaded(experiments):
         return registry.loaded()
 
     assert asyncio.run(use("narrow", "wide", "narrow", "workspace")) == ["narrow", str(repo / "models" / "best.pt")]
+
+
+DVC_CAUSE = "the cache file went away " + "and so did its copy " * 12 + "\nDVC's second line closes the cause"
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["cut", "NANOSLM_DEBUG=1"])
+def test_nanoslm_debug_shows_dvcs_whole_cause_in_serve(experiments, monkeypatch, debug):
+    """A technical cause reaches the page and the API on one short line, cut between words; with NANOSLM_DEBUG=1
+    whole, as the README promises, or nobody can tell what DVC said."""
+    import asyncio
+
+    import dvc.api
+
+    from nanoslm.serve.experiments import ModelEntry
+
+    def unreadable(*args, **kwargs):
+        raise OSError(DVC_CAUSE)
+
+    repo, _ = experiments
+    monkeypatch.setattr(dvc.api, "open", unreadable)
+    if debug:
+        monkeypatch.setenv("NANOSLM_DEBUG", "1")
+    else:
+        monkeypatch.delenv("NANOSLM_DEBUG", raising=False)
+    registry = Registry(repo / "models" / "best.pt", repo, CPU)
+    with running(registry) as url:
+        listed = get(f"{url}/api/models")["models"]
+    reason = next(m for m in listed if m["id"] == "narrow")["reason"]
+    narrow = ModelEntry(id="narrow", kind="experiment", source="narrow", rev="HEAD", out_hash="0" * 32)
+    with pytest.raises(ApiError) as loading:  # listed as readable, then gone when it is loaded
+        asyncio.run(registry.load(narrow))
+    assert loading.value.status == 409
+    whole = " ".join(DVC_CAUSE.split())
+    for said, before in ((reason, "DVC says: "), (loading.value.message, "models/best.pt at HEAD: ")):
+        assert "\n" not in said
+        if debug:
+            assert said.endswith(before + whole), said
+        else:
+            cause = said.split(before, 1)[1]
+            assert cause.endswith(" ...") and len(cause) <= 164 and whole.startswith(cause.removesuffix(" ...")), said
 
 
 # --- the page in a real browser ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..errors import UserError
+from ..errors import UserError, brief
 
 MODEL_PATH = "models/best.pt"  # the train stage's best checkpoint, in every revision
 EVAL_METRICS = "metrics/eval.json"
@@ -51,8 +51,7 @@ def checkpoint_file(repo: Path, rev: Optional[str]) -> Iterator[str]:
         try:
             f = stack.enter_context(dvc.api.open(MODEL_PATH, repo=str(repo), rev=rev, mode="rb"))
         except Exception as err:  # noqa: BLE001 - e.g. the cache was garbage-collected since it was listed
-            lines = str(err).strip().splitlines()
-            raise UserError(f"{MODEL_PATH} at {rev}: {lines[0][:200] if lines else type(err).__name__}") from None
+            raise UserError(f"{MODEL_PATH} at {rev}: {brief(err)}") from None
         name = getattr(f, "name", None)
         if isinstance(name, str) and os.path.isfile(name):  # the local cache's own file: no copy
             yield name
@@ -77,14 +76,13 @@ def list_experiments(repo: Optional[Path]) -> tuple[list[ModelEntry], Optional[s
         result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=repo, env=env,
                                 capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
-        return [], f"dvc exp show failed: {err}"
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        return [], f"dvc exp show failed: {last[:200]}"
+        return [], f"dvc exp show failed: {brief(err)}"
+    if result.returncode != 0:  # its last line of stderr says why
+        return [], f"dvc exp show failed: {brief((result.stderr.strip().splitlines() or [''])[-1])}"
     try:
         entries = parse_exp_show(json.loads(result.stdout))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        return [], f"could not read dvc exp show's output: {err}"
+        return [], f"could not read dvc exp show's output: {brief(err)}"
     for entry in entries:
         if entry.kind == "workspace":  # the file itself (it may differ from what dvc.lock records)
             entry.path, entry.out_hash = repo / MODEL_PATH, None
@@ -104,10 +102,8 @@ def check_available(repo: Path, entry: ModelEntry) -> None:
             f.read(1)
     except Exception as err:  # noqa: BLE001 - DVC raises many kinds; each is a reason to show
         entry.available = False
-        lines = str(err).strip().splitlines()
         entry.reason = (f"{MODEL_PATH} (md5 {str(entry.out_hash)[:8]}…) cannot be read from the local DVC cache "
-                        f"(`dvc exp pull` or `dvc pull` may fetch it); DVC says: "
-                        f"{lines[0][:200] if lines else type(err).__name__}")
+                        f"(`dvc exp pull` or `dvc pull` may fetch it); DVC says: {brief(err)}")
 
 
 def parse_exp_show(rows: list) -> list[ModelEntry]:
@@ -158,7 +154,8 @@ def _entry(row: dict, id_: str, kind: str, rev: Optional[str], base_params: dict
                            (base_row.get("name") or base_row["rev"][:7]) if base_row else None))
     if row.get("error"):
         err = row["error"]
-        entry.available, entry.reason = False, f"dvc exp show reports an error: {err.get('msg', err) if isinstance(err, dict) else err}"
+        said = str(err.get("msg", err) if isinstance(err, dict) else err)
+        entry.available, entry.reason = False, f"dvc exp show reports an error: {brief(said)}"
     elif not out.get("hash"):
         entry.available = False
         entry.reason = f"no {MODEL_PATH} recorded at this revision (its dvc.lock lacks it: run the pipeline there)"

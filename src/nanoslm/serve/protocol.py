@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..config import Sampling
+from ..errors import brief
 from . import limits
 from .limits import ApiError
 
@@ -44,8 +45,7 @@ def parse_json(body: bytes) -> dict:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as err:
-        raise ApiError(400, f"the request body is not valid JSON: {str(err).splitlines()[0][:100]}",
-                       code="invalid_json") from None
+        raise ApiError(400, f"the request body is not valid JSON: {brief(err)}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     return data
