@@ -184,6 +184,17 @@ def test_bad_input_is_a_4xx_naming_the_field(server, body, status, param, words)
     assert "Traceback" not in text and "File \"" not in text
 
 
+def test_top_k_is_bounded_by_the_models_own_vocabulary():
+    """A model with fewer ids than top_k: asked for, it is refused naming that model's bound; by default, all ids."""
+    from nanoslm.serve import protocol
+
+    with pytest.raises(ApiError, match=r"top_k must be an integer from 1 to 1000, or 0 or null for off; got 2000"):
+        protocol.parse_completion({"prompt": "a", "top_k": 2000}).sampling(1000)
+    assert protocol.parse_completion({"prompt": "a"}).sampling(100).top_k is None  # the default 200 > 100 ids
+    picked = protocol.parse_completion({"prompt": "a", "top_k": 50, "max_tokens": 3}).sampling(100)
+    assert picked == Sampling(3, 0.8, 50)
+
+
 def test_a_huge_body_is_refused_before_it_is_read(server):
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:  # says 5 MiB, sends a little
