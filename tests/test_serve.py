@@ -24,12 +24,12 @@ from nanoslm.engine import Engine, Sampling, generators
 from nanoslm.hardware import Hardware
 from nanoslm.model import GPT
 from nanoslm.serve import Registry, running
+from nanoslm.serve import browser as page  # the page helpers, shared with scripts/screenshot.py
 from nanoslm.serve.generation import StopFilter
+from nanoslm.serve.limits import ApiError
 from nanoslm.tokenizer import get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import screenshot  # noqa: E402 - the page helpers, shared with scripts/screenshot.py
 
 CFG = GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, dropout=0.0, bias=False)
 CPU = Hardware(torch.device("cpu"), torch.float32)
@@ -87,7 +87,7 @@ def stats(url):
 
 
 def wait_idle(url, timeout=30):
-    return screenshot.wait_for(lambda: (s := stats(url))["active"] == 0 and s, timeout, "the streams to end")
+    return page.wait_for(lambda: (s := stats(url))["active"] == 0 and s, timeout, "the streams to end")
 
 
 # --- the API with OpenAI's own client ---------------------------------------------------------------------
@@ -182,6 +182,17 @@ def test_bad_input_is_a_4xx_naming_the_field(server, body, status, param, words)
     error = json.loads(text)["error"]
     assert error["param"] == param and words in error["message"], error
     assert "Traceback" not in text and "File \"" not in text
+
+
+def test_top_k_is_bounded_by_the_models_own_vocabulary():
+    """A model with fewer ids than top_k: asked for, it is refused naming that model's bound; by default, all ids."""
+    from nanoslm.serve import protocol
+
+    with pytest.raises(ApiError, match=r"top_k must be an integer from 1 to 1000, or 0 or null for off; got 2000"):
+        protocol.parse_completion({"prompt": "a", "top_k": 2000}).sampling(1000)
+    assert protocol.parse_completion({"prompt": "a"}).sampling(100).top_k is None  # the default 200 > 100 ids
+    picked = protocol.parse_completion({"prompt": "a", "top_k": 50, "max_tokens": 3}).sampling(100)
+    assert picked == Sampling(3, 0.8, 50)
 
 
 def test_a_huge_body_is_refused_before_it_is_read(server):
@@ -449,17 +460,57 @@ def test_only_a_few_engines_stay_loaded(experiments):
     assert asyncio.run(use("narrow", "wide", "narrow", "workspace")) == ["narrow", str(repo / "models" / "best.pt")]
 
 
+DVC_CAUSE = "the cache file went away " + "and so did its copy " * 12 + "\nDVC's second line closes the cause"
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["cut", "NANOSLM_DEBUG=1"])
+def test_nanoslm_debug_shows_dvcs_whole_cause_in_serve(experiments, monkeypatch, debug):
+    """A technical cause reaches the page and the API on one short line, cut between words; with NANOSLM_DEBUG=1
+    whole, as the README promises, or nobody can tell what DVC said."""
+    import asyncio
+
+    import dvc.api
+
+    from nanoslm.serve.experiments import ModelEntry
+
+    def unreadable(*args, **kwargs):
+        raise OSError(DVC_CAUSE)
+
+    repo, _ = experiments
+    monkeypatch.setattr(dvc.api, "open", unreadable)
+    if debug:
+        monkeypatch.setenv("NANOSLM_DEBUG", "1")
+    else:
+        monkeypatch.delenv("NANOSLM_DEBUG", raising=False)
+    registry = Registry(repo / "models" / "best.pt", repo, CPU)
+    with running(registry) as url:
+        listed = get(f"{url}/api/models")["models"]
+    reason = next(m for m in listed if m["id"] == "narrow")["reason"]
+    narrow = ModelEntry(id="narrow", kind="experiment", source="narrow", rev="HEAD", out_hash="0" * 32)
+    with pytest.raises(ApiError) as loading:  # listed as readable, then gone when it is loaded
+        asyncio.run(registry.load(narrow))
+    assert loading.value.status == 409
+    whole = " ".join(DVC_CAUSE.split())
+    for said, before in ((reason, "DVC says: "), (loading.value.message, "models/best.pt at HEAD: ")):
+        assert "\n" not in said
+        if debug:
+            assert said.endswith(before + whole), said
+        else:
+            cause = said.split(before, 1)[1]
+            assert cause.endswith(" ...") and len(cause) <= 164 and whole.startswith(cause.removesuffix(" ...")), said
+
+
 # --- the page in a real browser ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser():
     try:
-        screenshot.find_browser()
+        page.find_browser()
         import selenium  # noqa: F401
     except (RuntimeError, ImportError) as err:
         if os.environ.get("CI"):
             pytest.fail(f"the browser tests need headless Chromium and selenium in CI: {err}")
         pytest.skip(f"no browser here: {err}")
-    driver = screenshot.chrome(1280, 860)
+    driver = page.chrome(1280, 860)
     yield driver
     driver.quit()
 
@@ -468,14 +519,14 @@ def test_page_streams_a_story(browser, server, ckpt, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    screenshot.open_page(browser, server)
+    page.open_page(browser, server)
     defaults = Sampling()
     assert browser.find_element(By.ID, "f-temperature").get_attribute("value") == str(defaults.temperature)
     assert browser.find_element(By.ID, "f-max_tokens").get_attribute("value") == str(defaults.max_new_tokens)
     info = browser.find_element(By.CSS_SELECTOR, ".story .model-info").text
     assert str(ckpt) in info and "1 layer × 16 wide" in info and "50257" in info and "unknown" in info
 
-    polls = screenshot.write(browser, "The little dog", seed=5, max_tokens=800)
+    polls = page.write(browser, "The little dog", seed=5, max_tokens=800)
     lengths = [p[0]["text"].__len__() for p in polls if p[0]["state"] == "writing"]
     grew = [b for a, b in zip(lengths, lengths[1:]) if b > a]
     assert len(grew) >= 2, f"the story did not grow while streaming: {lengths[:20]}"
@@ -497,29 +548,29 @@ def test_page_streams_a_story(browser, server, ckpt, tmp_path):
     assert browser.switch_to.active_element.get_attribute("id") == "write"
     browser.switch_to.active_element.send_keys(Keys.TAB)
     assert browser.switch_to.active_element.get_attribute("id") == "f-temperature"
-    screenshot.set_field(browser, "f-max_tokens", 2000)
+    page.set_field(browser, "f-max_tokens", 2000)
     prompt.send_keys(Keys.ENTER)
-    screenshot.wait_for(lambda: len(screenshot.story_states(browser)[0]["text"]) > 20, what="the second story")
+    page.wait_for(lambda: len(page.story_states(browser)[0]["text"]) > 20, what="the second story")
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)
-    screenshot.wait_for(lambda: screenshot.story_states(browser)[0]["state"] == "stopped", what="Esc to stop it")
+    page.wait_for(lambda: page.story_states(browser)[0]["state"] == "stopped", what="Esc to stop it")
     after = wait_idle(server)
     assert after["cancelled"] - before["cancelled"] == 1 and after["tokens_generated"] - before["tokens_generated"] < 2000
 
     # a bad setting is refused on the page, naming the range
-    screenshot.set_field(browser, "f-top_p", 1.5)
+    page.set_field(browser, "f-top_p", 1.5)
     prompt.send_keys(Keys.CONTROL, Keys.ENTER)
     status = browser.find_element(By.ID, "status").text
     assert "Top-p must be a number greater than 0 up to 1" in status
-    screenshot.set_field(browser, "f-top_p", 1)
+    page.set_field(browser, "f-top_p", 1)
 
 
 def test_page_fits_a_phone(browser, server):
     browser.set_window_size(390, 844)
     try:
-        screenshot.open_page(browser, server)
-        overflow = screenshot.js(browser, "return document.documentElement.scrollWidth - window.innerWidth")
+        page.open_page(browser, server)
+        overflow = page.js(browser, "return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{overflow}px wider than a phone"
-        box = screenshot.js(browser, "const r = document.querySelector('#write').getBoundingClientRect();"
+        box = page.js(browser, "const r = document.querySelector('#write').getBoundingClientRect();"
                                      "return [r.left, r.right]")
         assert 0 <= box[0] and box[1] <= 390
     finally:
@@ -530,7 +581,7 @@ def test_page_writes_experiments_side_by_side(browser, exp_server, experiments, 
     from selenium.webdriver.common.by import By
 
     _, files = experiments
-    screenshot.open_page(browser, exp_server)
+    page.open_page(browser, exp_server)
     rows = {r.find_element(By.CSS_SELECTOR, "input").get_attribute("value"): r
             for r in browser.find_elements(By.CSS_SELECTOR, "#model-list .model")}
     gone = rows["gone"].find_element(By.CSS_SELECTOR, "input")
@@ -539,9 +590,9 @@ def test_page_writes_experiments_side_by_side(browser, exp_server, experiments, 
         box = row.find_element(By.CSS_SELECTOR, "input")
         if box.is_selected() != (box.get_attribute("value") in ("narrow", "wide")) and box.is_enabled():
             box.click()
-    screenshot.wait_for(lambda: sorted(s["model"] for s in screenshot.story_states(browser)) == ["narrow", "wide"],
+    page.wait_for(lambda: sorted(s["model"] for s in page.story_states(browser)) == ["narrow", "wide"],
                         what="two columns")
-    screenshot.wait_for(lambda: screenshot.js(browser, """return [...document.querySelectorAll('.story .model-info dd')]
+    page.wait_for(lambda: page.js(browser, """return [...document.querySelectorAll('.story .model-info dd')]
                         .every(d => d.textContent !== 'loading…')"""), what="the model details")
     heads = {h.get_attribute("data-model"): h.find_element(By.CSS_SELECTOR, ".story-head").text
              for h in browser.find_elements(By.CSS_SELECTOR, ".story")}
@@ -550,7 +601,7 @@ def test_page_writes_experiments_side_by_side(browser, exp_server, experiments, 
     assert "2.320 (metrics/eval.json)" in heads["wide"] and "Changed" not in heads["narrow"]
     assert "Step\n7" in heads["wide"] and "models/best.pt @ wide" in heads["wide"]
 
-    polls = screenshot.write(browser, "One day", seed=11, max_tokens=30)
+    polls = page.write(browser, "One day", seed=11, max_tokens=30)
     final = {s["model"]: s for s in polls[-1]}
     defaults = Sampling()
     for name in ("narrow", "wide"):
@@ -561,5 +612,5 @@ def test_page_writes_experiments_side_by_side(browser, exp_server, experiments, 
 
 
 def test_screenshot_script(browser, server, tmp_path):
-    out = screenshot.take(browser, server, tmp_path / "docs" / "playground.png", "Once upon a time", 3, 20)
+    out = page.take(browser, server, tmp_path / "docs" / "playground.png", "Once upon a time", 3, 20)
     assert out.read_bytes()[:4] == b"\x89PNG"

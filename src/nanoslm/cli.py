@@ -12,6 +12,7 @@ import json
 from . import hardware
 from .config import DEVICES, DTYPES, EvalConfig, HardwareConfig, Sampling
 from .errors import exit_on_user_error
+from .sampling import MAX_NEW_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Field
 
 DEFAULT_CHECKPOINT = "models/best.pt"  # where the pipeline's train stage keeps its best model
 
@@ -61,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _top_k(text: str):
-    if text.lower() in ("off", "none", "0"):
+    if text.lower() in ("off", "none", str(TOP_K.typed_off)):
         return None
     try:
         return int(text)
@@ -69,22 +70,20 @@ def _top_k(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer or off, got {text!r}") from None
 
 
+def _add_sampling_arg(parser: argparse.ArgumentParser, field: Field, metavar=None, parse=None, shown=None) -> None:
+    """--<name> from nanoslm.sampling's table: its type, default and help; config.Sampling checks the value."""
+    parser.add_argument(f"--{field.name.replace('_', '-')}", type=parse or field.kind, default=field.default,
+                        metavar=metavar, help=f"{field.help} (default: {field.default if shown is None else shown})")
+
+
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, the sampling settings, --seed and the hardware flags of generate and chat."""
-    default = Sampling()
     _add_checkpoint_arg(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens, metavar="N",
-                        help=f"at most N new tokens per story; it also ends at <|endoftext|> "
-                             f"(default: {default.max_new_tokens})")
-    parser.add_argument("--temperature", type=float, default=default.temperature,
-                        help=f"randomness: lower is safer, 0 = always the most likely token "
-                             f"(default: {default.temperature})")
-    parser.add_argument("--top-k", type=_top_k, default=default.top_k, metavar="K",
-                        help=f"sample among the K most likely tokens; off = all (default: {default.top_k})")
-    parser.add_argument("--top-p", type=float, default=default.top_p, metavar="P",
-                        help=f"nucleus sampling: among the fewest most likely tokens holding probability P; "
-                             f"1 = off (default: {default.top_p})")
-    parser.add_argument("--seed", type=int, help="random seed, for a repeatable story (default: a random one)")
+    _add_sampling_arg(parser, MAX_NEW_TOKENS, metavar="N")
+    _add_sampling_arg(parser, TEMPERATURE)
+    _add_sampling_arg(parser, TOP_K, metavar="K", parse=_top_k)
+    _add_sampling_arg(parser, TOP_P, metavar="P")
+    _add_sampling_arg(parser, SEED, shown="a random one")
     _add_hardware_args(parser)
 
 

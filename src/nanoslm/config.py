@@ -6,6 +6,7 @@ A section checks its values when it is made, so a value from params.yaml, a CLI 
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field, fields
@@ -13,11 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from . import sampling
 from .errors import UserError
 from .gpt2 import MIN_VOCAB, N_VOCAB
 
-MAX_NEW_TOKENS = 10_000  # per story: far past any context here, and a bound for one request's work
-MAX_TEMPERATURE = 2.0  # past this, sampling is close to uniform noise (OpenAI's API has the same bound)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZERS = ("gpt2",)
@@ -183,28 +183,24 @@ class EvalConfig(_Section):
 class Sampling(_Section):
     """How to pick each new token: the sample stage's, the CLI's and the server's settings.
 
-    The defaults are the CLI's; the sample stage takes every value from params.yaml.
+    Types, ranges, defaults and what turns a setting off are nanoslm.sampling's table; the defaults are the
+    CLI's, the sample stage takes every value from params.yaml.
     """
 
     SECTION = "sample"
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 = greedy (top_k and top_p then do nothing)
-    top_k: typing.Optional[int] = 200  # sample among the k most likely tokens; None = all
-    top_p: float = 1.0  # nucleus: the fewest most likely tokens holding this much probability; 1.0 = off
+    max_new_tokens: int = sampling.MAX_NEW_TOKENS.default
+    temperature: float = sampling.TEMPERATURE.default  # 0 = greedy (top_k and top_p then do nothing)
+    top_k: typing.Optional[int] = sampling.TOP_K.default  # None = off: all tokens
+    top_p: float = sampling.TOP_P.default  # 1.0 = off
 
     def validate(self):
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            self._fail("max_new_tokens", f"must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
-        if not 0 <= self.temperature <= MAX_TEMPERATURE:
-            self._fail("temperature", f"must be from 0 (greedy) to {MAX_TEMPERATURE:g}, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            self._fail("top_k", f"must be at least 1, or null (off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            self._fail("top_p", f"must be in (0, 1] (1.0 = off), got {self.top_p}")
+        for f in sampling.FIELDS:  # a vocabulary-bound one is checked against its model by `check`
+            if not f.allows(getattr(self, f.name), high=math.inf if f.vocab_bound else None):
+                self._fail(f.name, f.problem(getattr(self, f.name)))
 
     def check(self, vocab_size: int) -> "Sampling":
         """Self, after checking top_k against a model's vocabulary; a ConfigError otherwise."""
-        if self.top_k is not None and self.top_k > vocab_size:
+        if not sampling.TOP_K.allows(self.top_k, high=vocab_size):
             self._fail("top_k", f"must be at most the vocabulary size ({vocab_size}), or null (off), got {self.top_k}")
         return self
 

@@ -7,16 +7,18 @@ exception is a bug and keeps its traceback.
 import os
 import sys
 from contextlib import contextmanager
+from typing import Union
 
 
 class UserError(Exception):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
 
 
-def brief(err: BaseException, limit: int = 160) -> str:
-    """An exception's message as a short technical cause to put after our own words: one line, cut at a word
-    boundary (marked with "..."); whole when NANOSLM_DEBUG is set. Its type's name when it has no message."""
-    text = " ".join(str(err).split()) or type(err).__name__
+def brief(err: Union[BaseException, str], limit: int = 160) -> str:
+    """An exception's message (or a tool's, e.g. a line of its stderr) as a short technical cause to put after our
+    own words: one line, cut at a word boundary (marked with "..."); whole when NANOSLM_DEBUG is set. Its type's
+    name when it has no message."""
+    text = " ".join(str(err).split()) or (type(err).__name__ if isinstance(err, BaseException) else "no message")
     if len(text) <= limit or os.environ.get("NANOSLM_DEBUG"):
         return text
     cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]

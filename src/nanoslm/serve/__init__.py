@@ -2,11 +2,12 @@
 
     nanoslm serve --checkpoint models/best.pt --repo .     # then open http://127.0.0.1:8000/
 
-See generation.py for how concurrent requests share the models, models.py for DVC experiments.
+See generation.py for how concurrent requests share the models, registry.py for the models it keeps loaded,
+experiments.py for DVC experiments.
 """
 
 from .app import create_app
-from .models import Registry
+from .registry import Registry
 from .server import running, serve_forever
 
 __all__ = ["create_app", "Registry", "running", "serve_forever"]

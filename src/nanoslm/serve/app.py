@@ -14,12 +14,10 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..engine import Sampling
-from ..errors import UserError
 from . import limits, protocol
 from .generation import Job, Scheduler
 from .limits import ApiError
-from .models import Registry
+from .registry import Registry
 
 log = logging.getLogger("nanoslm.serve")
 
@@ -91,17 +89,7 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
         entry = await registry.find(req.model)
         loaded = await registry.load(entry)
         engine, enc = loaded.engine, loaded.enc
-        vocab = engine.model.config.vocab_size
-        top_k = req.top_k
-        if top_k is not None and top_k > vocab:
-            if req.top_k_given:
-                limits.TOP_K.check(top_k, high=vocab)
-            top_k = None  # the default asks for more than this model has: all of them
-        try:
-            sampling = Sampling(max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=top_k,
-                                top_p=req.top_p).check(vocab)
-        except UserError as err:
-            raise ApiError(400, str(err), code="invalid_value") from None
+        sampling = req.sampling(engine.model.config.vocab_size)  # the table's ranges: parse_completion checked them
         seed = req.seed if req.seed is not None else random.SystemRandom().randrange(2**31)
         prompts = [enc.encode_ordinary(p) for p in req.prompts for _ in range(req.n)]
         sink = _Sink()

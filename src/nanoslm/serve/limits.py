@@ -1,17 +1,15 @@
-"""What a completion request may ask for: one table, read by the API's checks and by the page's form.
+"""What a completion request may ask for, over nanoslm.sampling's table, for the API and the page; knows no HTTP.
 
-Defaults and ranges are `nanoslm generate`'s: read from nanoslm.config (Sampling() and its bounds). Every
-violation is reported as an ApiError naming the field and its allowed range.
+Defaults and ranges are `nanoslm generate`'s: the table's. Every violation is reported as an ApiError naming the
+field and its allowed range.
 """
 
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..config import MAX_NEW_TOKENS, MAX_TEMPERATURE, Sampling
-from ..gpt2 import N_VOCAB
-
-DEFAULT = Sampling()
+from .. import sampling
+from ..sampling import Field
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # larger request bodies are refused before they are parsed
 MAX_PROMPT_CHARS = 20_000  # far more than any model's context: the engine keeps the last block_size tokens
@@ -34,73 +32,56 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Limit:
-    """A numeric field: its type, range, default and the value(s) meaning "off"."""
+    """A request's numeric field: a row of the table under the API's name, with the page's label, step and hint."""
 
     name: str  # the API's field name
+    field: Field
     label: str  # the page's label
-    kind: type  # int or float
-    low: float
-    high: float
-    default: Any
-    low_open: bool = False  # low itself is not allowed
-    off: Optional[int] = None  # this value (or null) turns the setting off
     step: Optional[float] = None  # the page's input step
-    help: str = ""
     hint: str = ""  # the page's one-line note under the field
 
-    def describe(self, high: Optional[float] = None) -> str:
-        high = self.high if high is None else high
-        if self.kind is int:
-            text = f"an integer from {self.low} to {high}"
-        else:
-            text = f"a number {'greater than' if self.low_open else 'from'} {self.low:g} {'up ' if self.low_open else ''}to {high:g}"
-        if self.off is not None:
-            text += f", or {self.off} or null for off"
-        return text
+    @property
+    def default(self) -> Any:
+        return self.field.default
 
     def check(self, value: Any, high: Optional[float] = None) -> Any:
         """The value if it is allowed (None for off); ApiError naming the field and its range otherwise."""
-        high = self.high if high is None else high
-        if value is None and self.off is not None:
+        field = self.field
+        if value is None and field.typed_off is not None:
             return None
-        bad = ApiError(400, f"{self.name} must be {self.describe(high)}; got {_show(value)}", param=self.name,
+        bad = ApiError(400, f"{self.name} must be {field.describe(high)}; got {_show(value)}", param=self.name,
                        code="invalid_value")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        if self.kind is int:
+        if field.kind is int:
             if isinstance(value, float):
                 if not value.is_integer():
                     raise bad
                 value = int(value)
         elif not math.isfinite(value):
             raise bad
-        if self.off is not None and value == self.off:
+        if field.typed_off is not None and value == field.typed_off:
             return None
-        if value < self.low or value > high or (self.low_open and value == self.low):
+        if not field.allows(value, high):
             raise bad
-        return self.kind(value)
+        return field.kind(value)
 
     def page(self) -> dict:
-        return {"name": self.name, "label": self.label, "type": self.kind.__name__, "min": self.low, "max": self.high,
-                "min_exclusive": self.low_open, "default": self.default, "off": self.off, "step": self.step,
-                "help": self.help, "hint": self.hint, "allowed": self.describe()}
+        f = self.field
+        return {"name": self.name, "label": self.label, "type": f.kind.__name__, "min": f.low, "max": f.high,
+                "min_exclusive": f.low_open, "default": f.default, "off": f.typed_off, "step": self.step,
+                "help": f.help, "hint": self.hint, "allowed": f.describe()}
 
 
-TEMPERATURE = Limit("temperature", "Temperature", float, 0.0, MAX_TEMPERATURE, DEFAULT.temperature, step=0.05,
-                    help="randomness: lower is safer; 0 always picks the most likely token",
-                    hint=f"0 to {MAX_TEMPERATURE:g}; 0 = greedy")
-TOP_K = Limit("top_k", "Top-k", int, 1, N_VOCAB, DEFAULT.top_k, off=0, step=1,
-              help="sample among the k most likely tokens; 0 = all (at most the model's vocabulary)",
-              hint=f"1 to {N_VOCAB}; 0 = all")
-TOP_P = Limit("top_p", "Top-p", float, 0.0, 1.0, DEFAULT.top_p, low_open=True, step=0.01,
-              help="nucleus: the fewest most likely tokens holding this much probability; 1 = off",
-              hint="over 0, up to 1; 1 = off")
-MAX_TOKENS = Limit("max_tokens", "Max tokens", int, 1, MAX_NEW_TOKENS, DEFAULT.max_new_tokens, step=1,
-                   help="the story ends at <|endoftext|> or after this many new tokens", hint=f"1 to {MAX_NEW_TOKENS}")
-SEED = Limit("seed", "Seed", int, 0, 2**32 - 1, None, step=1,
-             help="the same seed and settings write the same story; empty = a random one",
-             hint="empty = random")
-N = Limit("n", "Stories", int, 1, MAX_ROWS, 1, step=1, help="stories per prompt; story i uses seed + i")
+TEMPERATURE = Limit("temperature", sampling.TEMPERATURE, "Temperature", step=0.05,
+                    hint=f"0 to {sampling.TEMPERATURE.high:g}; 0 = greedy")
+TOP_K = Limit("top_k", sampling.TOP_K, "Top-k", step=1,
+              hint=f"{sampling.TOP_K.low} to {sampling.TOP_K.high}; {sampling.TOP_K.typed_off} = all")
+TOP_P = Limit("top_p", sampling.TOP_P, "Top-p", step=0.01, hint="over 0, up to 1; 1 = off")
+MAX_TOKENS = Limit("max_tokens", sampling.MAX_NEW_TOKENS, "Max tokens", step=1,
+                   hint=f"{sampling.MAX_NEW_TOKENS.low} to {sampling.MAX_NEW_TOKENS.high}")
+SEED = Limit("seed", sampling.SEED, "Seed", step=1, hint="empty = random")
+N = Limit("n", Field("n", int, 1, MAX_ROWS, 1, help="stories per prompt; story i uses seed + i"), "Stories", step=1)
 
 SAMPLING_FIELDS = (TEMPERATURE, TOP_K, TOP_P, MAX_TOKENS, SEED)  # the page's form, in its order
 

@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..config import Sampling
+from ..errors import brief
 from . import limits
 from .limits import ApiError
 
@@ -29,13 +31,21 @@ class CompletionRequest:
     stream: bool
     include_usage: bool
 
+    def sampling(self, vocab_size: int) -> Sampling:
+        """The engine's settings for a model of `vocab_size` ids; top_k is checked against it here, only here."""
+        top_k = self.top_k
+        if top_k is not None and top_k > vocab_size:
+            if self.top_k_given:  # more than this model has: refused, naming its vocabulary as the bound
+                limits.TOP_K.check(top_k, high=vocab_size)
+            top_k = None  # the default asks for more than this model has: all of them
+        return Sampling(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=top_k, top_p=self.top_p)
+
 
 def parse_json(body: bytes) -> dict:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as err:
-        raise ApiError(400, f"the request body is not valid JSON: {str(err).splitlines()[0][:100]}",
-                       code="invalid_json") from None
+        raise ApiError(400, f"the request body is not valid JSON: {brief(err)}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     return data

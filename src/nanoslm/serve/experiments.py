@@ -1,30 +1,21 @@
-"""What the server can serve: the --checkpoint file and the DVC experiments of --repo, loaded lazily.
+"""A DVC repository's experiments as ModelEntries, and their checkpoints read from its cache; knows no engines.
 
 Experiments are what `dvc exp show --json` lists (the workspace, the baseline commits and their experiments).
 Each one's models/best.pt is read through DVC's API from the local cache (no remote is contacted); a revision
-whose checkpoint is not there is listed as unavailable, with the reason. Engines are loaded on first use, on a
-thread, and the few most recently used stay in memory.
+whose checkpoint is not there is listed as unavailable, with the reason.
 """
 
-import asyncio
 import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
-import threading
-from collections import OrderedDict
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Iterator, Optional
 
-from .. import hardware
-from ..errors import UserError
-from ..generate import load_engine
-from .limits import ApiError
-
-log = logging.getLogger("nanoslm.serve")
+from ..errors import UserError, brief
 
 MODEL_PATH = "models/best.pt"  # the train stage's best checkpoint, in every revision
 EVAL_METRICS = "metrics/eval.json"
@@ -51,147 +42,26 @@ class ModelEntry:
                 "metrics": self.metrics, "baseline": self.baseline}
 
 
-@dataclass
-class Loaded:
-    engine: Any
-    enc: Any
-    info: dict
-
-
-class Registry:
-    """The models, their loaded engines (LRU, `max_engines` kept) and the experiments list (read on demand)."""
-
-    def __init__(self, checkpoint: os.PathLike, repo: Optional[os.PathLike], hw: hardware.Hardware,
-                 max_engines: int = 3):
-        self.checkpoint = Path(checkpoint)
-        self.repo = Path(repo).resolve() if repo is not None else None
-        self.hw, self.max_engines = hw, max(1, max_engines)
-        self._engines: "OrderedDict[tuple, Loaded]" = OrderedDict()
-        self._loading: dict[tuple, asyncio.Lock] = {}
-        self._experiments: Optional[list[ModelEntry]] = None
-        self.experiments_note: Optional[str] = None
-        self._list_lock = threading.Lock()
-
-    # --- what there is -------------------------------------------------------------------------------------
-    def checkpoint_entry(self) -> ModelEntry:
-        path = self.checkpoint
-        entry = ModelEntry(id=path.as_posix(), kind="checkpoint", source=path.as_posix(), path=path)
-        if not path.is_file():
-            entry.available, entry.reason = False, f"{path}: not found; train one first: dvc repro train"
-        elif self._is_workspace_model(path):
-            entry.metrics = _read_metrics(self.repo / EVAL_METRICS)
-        return entry
-
-    def _is_workspace_model(self, path: Path) -> bool:
-        return self.repo is not None and path.resolve() == (self.repo / MODEL_PATH).resolve()
-
-    async def entries(self, refresh: bool = False) -> list[ModelEntry]:
-        if self._experiments is None or refresh:
-            await asyncio.to_thread(self._list_experiments)
-        first, rest = self.checkpoint_entry(), list(self._experiments or [])
-        workspace = next((e for e in rest if e.kind == "workspace"), None)
-        if workspace is not None and self._is_workspace_model(self.checkpoint):  # one model: listed once
-            rest.remove(workspace)
-            first.kind, first.aliases, first.baseline = "workspace", ("workspace",), workspace.baseline
-            first.params, first.metrics = workspace.params, workspace.metrics or first.metrics
-        return [first, *rest]
-
-    def _list_experiments(self) -> None:
-        with self._list_lock:
-            self._experiments, self.experiments_note = list_experiments(self.repo)
-
-    async def find(self, model_id: Optional[str]) -> ModelEntry:
-        """The entry a request names (None: the checkpoint); ApiError 404 when unknown or unavailable."""
-        entries = [self.checkpoint_entry()]
-        if model_id is not None and model_id != entries[0].id:
-            entries = await self.entries()
-        wanted = entries[0] if model_id is None else next(
-            (e for e in entries if model_id == e.id or model_id in e.aliases), None)
-        if wanted is None:
-            known = ", ".join(repr(e.id) for e in entries if e.available) or "none"
-            raise ApiError(404, f"model {model_id!r} is not served here; available: {known} (GET /v1/models)",
-                           param="model", code="model_not_found")
-        if not wanted.available:
-            raise ApiError(404, f"model {wanted.id!r} is unavailable: {wanted.reason}", param="model",
-                           code="model_not_available")
-        return wanted
-
-    # --- engines -------------------------------------------------------------------------------------------
-    async def load(self, entry: ModelEntry) -> Loaded:
-        key = self._key(entry)
-        if key in self._engines:
-            self._engines.move_to_end(key)
-            return self._engines[key]
-        lock = self._loading.setdefault(key, asyncio.Lock())
-        async with lock:  # one load per model, however many requests ask at once
-            if key not in self._engines:
-                try:
-                    loaded = await asyncio.to_thread(self._load, entry)
-                except UserError as err:
-                    raise ApiError(409, f"model {entry.id!r} cannot be loaded: {err}", param="model",
-                                   code="model_not_loadable") from None
-                self._engines[key] = loaded
-                while len(self._engines) > self.max_engines:
-                    self._engines.popitem(last=False)  # requests still using it keep their reference
-            self._loading.pop(key, None)
-        self._engines.move_to_end(key)
-        return self._engines[key]
-
-    def loaded(self) -> list[str]:
-        """The models in memory, least recently used first."""
-        return [loaded.info["id"] for loaded in self._engines.values()]
-
-    def _key(self, entry: ModelEntry) -> tuple:
-        if entry.path is not None:
-            st = entry.path.stat()  # a retrained checkpoint is a new model
-            return ("file", str(entry.path.resolve()), st.st_mtime_ns, st.st_size)
-        return ("dvc", entry.out_hash) if entry.out_hash else ("rev", entry.rev)
-
-    def _load(self, entry: ModelEntry) -> Loaded:
-        if entry.path is not None:
-            engine, enc, state = load_engine(entry.path, self.hw)
-        else:
-            engine, enc, state = _load_from_dvc(self.repo, entry.rev, self.hw)
-        log.info("loaded %s (%s)", entry.id, entry.source)
-        return Loaded(engine, enc, describe(entry, state, engine))
-
-
-def describe(entry: ModelEntry, state: dict, engine) -> dict:
-    """What the page shows about the model that speaks."""
-    cfg = engine.model.config
-    bpb, bpb_from = state.get("bits_per_byte"), "checkpoint"
-    if bpb is None:
-        bpb, bpb_from = entry.metrics.get("bits_per_byte"), EVAL_METRICS
-    if not isinstance(bpb, (int, float)):
-        bpb, bpb_from = None, None
-    val_loss = state.get("val_loss")
-    return {"id": entry.id, "source": entry.source, "step": state.get("step"), "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size, "vocab_size": cfg.vocab_size,
-            "tokenizer": state.get("tokenizer"), "val_loss": float(val_loss) if val_loss is not None else None,
-            "bits_per_byte": bpb, "bits_per_byte_from": bpb_from, "params": entry.params, "metrics": entry.metrics}
-
-
-def _load_from_dvc(repo: Path, rev: Optional[str], hw: hardware.Hardware):
-    """load_engine on models/best.pt at `rev`, read from DVC's local cache."""
-    import tempfile
-
+@contextlib.contextmanager
+def checkpoint_file(repo: Path, rev: Optional[str]) -> Iterator[str]:
+    """A local path to models/best.pt at `rev`, read from DVC's local cache; UserError when it cannot be read."""
     import dvc.api
 
     with contextlib.ExitStack() as stack:
         try:
             f = stack.enter_context(dvc.api.open(MODEL_PATH, repo=str(repo), rev=rev, mode="rb"))
         except Exception as err:  # noqa: BLE001 - e.g. the cache was garbage-collected since it was listed
-            lines = str(err).strip().splitlines()
-            raise UserError(f"{MODEL_PATH} at {rev}: {lines[0][:200] if lines else type(err).__name__}") from None
+            raise UserError(f"{MODEL_PATH} at {rev}: {brief(err)}") from None
         name = getattr(f, "name", None)
         if isinstance(name, str) and os.path.isfile(name):  # the local cache's own file: no copy
-            return load_engine(name, hw)
+            yield name
+            return
         with tempfile.TemporaryDirectory(prefix="nanoslm-serve-") as tmp:  # a stream: copy it to load it
             path = Path(tmp) / "best.pt"
             with open(path, "wb") as out:
                 while chunk := f.read(1 << 20):
                     out.write(chunk)
-            return load_engine(path, hw)
+            yield str(path)
 
 
 # --- the experiments list -----------------------------------------------------------------------------------
@@ -206,14 +76,13 @@ def list_experiments(repo: Optional[Path]) -> tuple[list[ModelEntry], Optional[s
         result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=repo, env=env,
                                 capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
-        return [], f"dvc exp show failed: {err}"
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        return [], f"dvc exp show failed: {last[:200]}"
+        return [], f"dvc exp show failed: {brief(err)}"
+    if result.returncode != 0:  # its last line of stderr says why
+        return [], f"dvc exp show failed: {brief((result.stderr.strip().splitlines() or [''])[-1])}"
     try:
         entries = parse_exp_show(json.loads(result.stdout))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        return [], f"could not read dvc exp show's output: {err}"
+        return [], f"could not read dvc exp show's output: {brief(err)}"
     for entry in entries:
         if entry.kind == "workspace":  # the file itself (it may differ from what dvc.lock records)
             entry.path, entry.out_hash = repo / MODEL_PATH, None
@@ -233,10 +102,8 @@ def check_available(repo: Path, entry: ModelEntry) -> None:
             f.read(1)
     except Exception as err:  # noqa: BLE001 - DVC raises many kinds; each is a reason to show
         entry.available = False
-        lines = str(err).strip().splitlines()
         entry.reason = (f"{MODEL_PATH} (md5 {str(entry.out_hash)[:8]}…) cannot be read from the local DVC cache "
-                        f"(`dvc exp pull` or `dvc pull` may fetch it); DVC says: "
-                        f"{lines[0][:200] if lines else type(err).__name__}")
+                        f"(`dvc exp pull` or `dvc pull` may fetch it); DVC says: {brief(err)}")
 
 
 def parse_exp_show(rows: list) -> list[ModelEntry]:
@@ -287,7 +154,8 @@ def _entry(row: dict, id_: str, kind: str, rev: Optional[str], base_params: dict
                            (base_row.get("name") or base_row["rev"][:7]) if base_row else None))
     if row.get("error"):
         err = row["error"]
-        entry.available, entry.reason = False, f"dvc exp show reports an error: {err.get('msg', err) if isinstance(err, dict) else err}"
+        said = str(err.get("msg", err) if isinstance(err, dict) else err)
+        entry.available, entry.reason = False, f"dvc exp show reports an error: {brief(said)}"
     elif not out.get("hash"):
         entry.available = False
         entry.reason = f"no {MODEL_PATH} recorded at this revision (its dvc.lock lacks it: run the pipeline there)"
@@ -330,7 +198,7 @@ def _flatten(tree: dict, prefix: str, out: dict) -> dict:
     return out
 
 
-def _read_metrics(path: Path) -> dict:
+def read_metrics(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
