@@ -121,7 +121,7 @@ def test_sigkill_in_each_stage_then_dvc_repro_completes(tmp_path):
 
 
 def run_stage(stage: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-P", str(REPO / "stages" / f"{stage}.py"), *args], cwd=cwd,
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -52,7 +52,7 @@ def run_stage(cwd: Path, tokens: Path, stage: str = "train", fault: str | None =
         env["NANOSLM_FAULT"] = fault
     args = {"train": [str(tokens), "models", "dvclive", "plots/loss.png"],
             "evaluate": ["models/best.pt", str(tokens), "metrics/eval.json"]}[stage]
-    return subprocess.run([sys.executable, "-P", str(REPO / "stages" / f"{stage}.py"), *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -26,7 +26,7 @@ def step_offsets(rng: np.random.Generator, data: np.ndarray, micro_batches: int,
 
 class RandomWindows:
     """The train windows drawn at random with replacement, as nanoGPT draws them: one stream of starts from the
-    seed, the draw of every run here before 2026-12-03, so the figures of that time rerun exactly.
+    seed, the draw of the trials in docs/experiments.md before 2026-12-03 afternoon, so they rerun exactly.
 
     Asked for a step out of turn (a resumed run), it replays the stream from the seed to that step: a resumed
     run draws what an uninterrupted one would, with no sampler state in the checkpoint.
@@ -55,8 +55,8 @@ class Passes:
     """The train windows, drawn without replacement: pass e over the data tiles it into windows of block_size
     tokens from a random shift, in a random order, both drawn from (seed, e). Drawing with replacement
     instead shows some stories twice as often as others over a run of a few passes; this way each is seen
-    as often as the next, which scored lower validation loss on the small shared sample (README) than
-    RandomWindows.
+    as often as the next, which scored lower validation loss on the small shared sample than RandomWindows
+    (docs/experiments.md, 2026-12-03 afternoon).
 
     A step's windows depend only on the step number, so a resumed run draws what an uninterrupted one would
     and every rank draws the same (nothing to save, nothing to broadcast).

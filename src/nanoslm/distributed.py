@@ -38,11 +38,10 @@ def under_torchrun() -> bool:
 def relaunch_with_torchrun(nproc_per_node: int, script: str, args: list[str]) -> None:
     """Replace this process with `torchrun` running `script` on nproc_per_node processes (this node only).
 
-    `python -P` keeps stages/ off sys.path in the workers too (stages/tokenize.py would shadow the
-    stdlib module). For several nodes, start torchrun yourself on each node (see README).
+    For several nodes, start torchrun yourself on each node (see docs/gpu.md).
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-           "--no-python", sys.executable, "-P", script, *args]
+           "--no-python", sys.executable, script, *args]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)

@@ -26,7 +26,7 @@ def split_nll(model: GPT, tokens: np.ndarray, batch_size: int, hw: hardware.Hard
     if n_targets < 1:
         raise UserError("the evaluation data holds fewer than 2 tokens; give it at least one story")
     if hw.device_type == "cpu":
-        hardware.keep_freed_memory()  # as in training: big per-batch buffers stay mapped (about 2x here)
+        hardware.keep_freed_memory()  # as in training: big per-batch buffers stay mapped (docs/experiments.md, 2026-11-21)
     starts = np.arange(0, n_targets, T)
     full, tail = starts[starts + T <= n_targets], starts[starts + T > n_targets]
     total = 0.0

@@ -84,8 +84,8 @@ def keep_freed_memory() -> None:
     """Stop glibc from returning large freed blocks to the OS.
 
     Training frees and re-allocates the same big tensors every step; by default glibc unmaps blocks
-    over 32 MB and the kernel must zero fresh pages again each time (measured: steps 2-3x slower on
-    small CPU models). No-op where glibc is not the allocator.
+    over 32 MB and the kernel must zero fresh pages again each time, which slows small CPU models' steps
+    several times over (docs/experiments.md, 2026-11-21). No-op where glibc is not the allocator.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -26,9 +26,9 @@ class LayerNorm(nn.Module):
 def causal_attention(q, k, v, dropout_p: float):
     """Causal self-attention of (B, heads, T, head_size) queries, keys and values.
 
-    Training on CPU: two matmuls around a float32 softmax, measured 1.6x faster (forward + backward, bf16,
-    16 x 3 heads x 256 x 64) than scaled_dot_product_attention's CPU flash kernel, for (B, heads, T, T) scores of
-    memory (13 MB a layer at that size). Elsewhere, and without gradients (evaluation, generation, whose KV-cache
+    Training on CPU: two matmuls around a float32 softmax, faster (forward + backward) than
+    scaled_dot_product_attention's CPU flash kernel at our sizes (docs/experiments.md, 2026-12-03 08:08), for
+    (B, heads, T, T) scores of memory. Elsewhere, and without gradients (evaluation, generation, whose KV-cache
     path must agree with it token for token), SDPA's fused kernels.
     """
     if q.device.type != "cpu" or not torch.is_grad_enabled():

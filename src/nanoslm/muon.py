@@ -1,9 +1,8 @@
 """torch.optim.Muon, with its Newton-Schulz orthogonalization in float32 where bf16 is not native.
 
 torch.optim.Muon always orthogonalizes in bfloat16. On a CPU without bf16 instructions (AVX2 laptops and
-servers: no avx512_bf16 or AMX) every bf16 matmul is emulated: measured on a 2-core AVX2 EPYC, one Muon
-step over the 4 x 256 model's block matrices took 8.2 s in bf16 and 0.19 s in float32, more than the
-forward and backward passes together. Where the compute dtype is bfloat16 this class is torch's Muon
+servers: no avx512_bf16 or AMX) every bf16 matmul is emulated, and Muon's step then costs more than the
+forward and backward passes together (docs/experiments.md, 2026-12-02 ~15:56). Where the compute dtype is bfloat16 this class is torch's Muon
 unchanged; elsewhere the same iteration (torch's coefficients and step count) runs in float32.
 """
 
