@@ -1,7 +1,6 @@
 """Training you can trust: kill it anywhere and it ends where an uninterrupted run ends; same seed, same bytes."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
