@@ -32,7 +32,7 @@ def native_bf16() -> bool:
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
 def test_gpu_training_steps_match_the_float32_cpu_step(dtype, optimizer):
     """bf16 autocast (A100 and later) or float16 + GradScaler (every GPU), fused AdamW, Muon, SDPA's kernels."""
     if dtype == torch.bfloat16 and not native_bf16():
