@@ -1,9 +1,8 @@
 """The CUDA path, as far as a CPU reaches it: the float16 step a T4 runs (autocast + GradScaler, driven on the CPU),
-its skipped steps and resume, and the CUDA RNG's capture and restore. The cases that need a GPU are marked `cuda`:
-they skip here and run in scripts/gpu-check.sh.
+its skipped steps and resume, and the CUDA RNG's capture and restore. What needs a GPU is in tests/test_cuda.py
+(marked `cuda`: it skips here and runs in scripts/gpu-check.sh), on the helpers below.
 """
 
-import dataclasses
 import math
 
 import pytest
