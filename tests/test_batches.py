@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from nanoslm.batches import Passes, random_offsets, train_windows
 
@@ -65,3 +66,22 @@ def test_random_windows_are_no_tiling():
     """The with-replacement draw: starts anywhere, so windows overlap instead of tiling the data."""
     got = train_windows("random", 7, 1000, BLOCK).step(0, 1, 60).ravel()
     assert len(set((got % BLOCK).tolist())) > 1
+
+
+def test_batches_use_pinned_async_copies_on_cuda_only():
+    """Pinned memory needs a GPU driver: on a CPU it would fail (or waste time); on CUDA it overlaps the copy."""
+    from nanoslm.batches import pinned_transfer
+
+    assert pinned_transfer(torch.device("cuda")) and pinned_transfer(torch.device("cuda", 1))
+    assert not pinned_transfer(torch.device("cpu")) and not pinned_transfer(torch.device("mps"))
+
+
+def test_cpu_batches_never_pin_memory(monkeypatch):
+    from nanoslm.batches import windows
+
+    def pin_memory(self, *args, **kwargs):
+        raise AssertionError("pin_memory called for a CPU batch")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    x, y = windows(np.arange(100, dtype=np.uint16), np.array([0, 5]), 8, torch.device("cpu"))
+    assert x.tolist()[1] == list(range(5, 13)) and y.tolist()[1] == list(range(6, 14))

@@ -181,3 +181,30 @@ def test_atomic_write_leaves_no_temp_file(tmp_path, saved):
     checkpoint.save(path, model, step=9, val_loss=1.0, tokenizer="gpt2")
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]
     assert checkpoint.load(path)["step"] == 9
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu(tmp_path, monkeypatch):
+    """best.pt / last.pt trained on CUDA, then evaluated, sampled, exported or resumed on a laptop.
+
+    Without a GPU, the file is made as CUDA writes it: torch.save records each storage's device through
+    torch.serialization.location_tag, which alone is faked to say "cuda:0" (the tensors themselves are CPU ones).
+    """
+    model = make()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]])).backward()
+    optimizer.step()
+    path = tmp_path / "last.pt"
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        checkpoint.save(path, model, step=3, val_loss=2.0, tokenizer="gpt2",
+                        training={"optimizers": [optimizer.state_dict()], "cuda": torch.get_rng_state()})
+    if not torch.cuda.is_available():  # the file really names the GPU: read as it is, it needs one
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    loaded, state = checkpoint.load_model(path)  # every reader's loader (evaluate, sample, export, serve)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+    checkpoint.require_config(path, CFG)  # the evaluate stage's config check reads it too
+    resumed = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
+    resumed.load_state_dict(checkpoint.load(path, map_location=torch.device("cpu"))["training"]["optimizers"][0])
+    assert resumed.state_dict()["state"][0]["exp_avg"].device.type == "cpu"

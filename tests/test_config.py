@@ -22,14 +22,16 @@ def keys(tree, prefix=""):
 
 
 def test_repo_params_load():
-    for name in ("params.yaml", "params-ci.yaml"):
+    for name in ("params.yaml", "params-ci.yaml", "params-gpu.yaml"):
         assert isinstance(load_params(REPO / name), Params)
 
 
-def test_ci_params_have_the_same_keys_as_default():
+@pytest.mark.parametrize("name", ["params-ci.yaml", "params-gpu.yaml"])
+def test_other_params_files_have_the_same_keys_as_default(name):
+    """cp params-ci.yaml (or params-gpu.yaml) params.yaml must give a complete params.yaml."""
     default = yaml.safe_load((REPO / "params.yaml").read_text())
-    ci = yaml.safe_load((REPO / "params-ci.yaml").read_text())
-    assert keys(default) == keys(ci)
+    other = yaml.safe_load((REPO / name).read_text())
+    assert keys(default) == keys(other)
 
 
 def write_variant(tmp_path, edit):

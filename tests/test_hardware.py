@@ -105,3 +105,39 @@ def test_keep_freed_memory_keeps_a_freed_block_mapped():
         return int(out.stdout) / 2**20
     assert grown("plain") < 64
     assert grown("tuned") > 200
+
+
+# ---- dtype: auto on the GPUs users have, decided from a device's capabilities (no GPU needed) ----
+
+T4, V100, A100, H100 = (7, 5), (7, 0), (8, 0), (9, 0)
+
+
+@pytest.mark.parametrize("capability, expected", [(T4, torch.float16), (V100, torch.float16),
+                                                  (A100, torch.bfloat16), (H100, torch.bfloat16)])
+def test_auto_dtype_on_cuda_is_float16_where_the_gpu_has_no_bf16(capability, expected):
+    """A Colab T4 must train in float16 with the GradScaler, not in emulated bfloat16."""
+    native = hardware.cuda_has_native_bf16(capability)
+    assert hardware.choose_dtype("auto", "cuda", native) == expected
+
+
+def test_auto_dtype_on_a_t4_ignores_torchs_emulated_bf16(monkeypatch):
+    """torch.cuda.is_bf16_supported() says True on a T4 (it counts emulation): the decision must not follow it."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: T4)
+    assert hardware._dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_bfloat16_on_a_gpu_without_it_is_a_user_error_naming_the_fix():
+    with pytest.raises(UserError, match="hardware.dtype bfloat16 is not supported by this GPU.*use float16 or auto"):
+        hardware.choose_dtype("bfloat16", "cuda", native_bf16=False)
+    assert hardware.choose_dtype("bfloat16", "cuda", native_bf16=True) == torch.bfloat16
+    assert hardware.choose_dtype("float16", "cuda", native_bf16=True) == torch.float16  # a user may still choose it
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_explicit_dtypes_on_cpu_do_not_depend_on_native_bf16(native):
+    """float16 support for CUDA must not change what a CPU run computes in."""
+    assert hardware.choose_dtype("float32", "cpu", native) == torch.float32
+    assert hardware.choose_dtype("bfloat16", "cpu", native) == torch.bfloat16
+    with pytest.raises(UserError, match="hardware.dtype float16 is for CUDA GPUs"):
+        hardware.choose_dtype("float16", "cpu", native)

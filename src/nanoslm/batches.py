@@ -7,11 +7,17 @@ import torch
 def windows(data: np.ndarray, offsets: np.ndarray, block_size: int, device: torch.device):
     """Inputs and next-token targets for windows of block_size tokens starting at `offsets`."""
     rows = torch.from_numpy(data[offsets[:, None] + np.arange(block_size + 1)].astype(np.int64))
-    if device.type == "cuda":
+    if pinned_transfer(device):
         rows = rows.pin_memory().to(device, non_blocking=True)
     else:
         rows = rows.to(device)
     return rows[:, :-1], rows[:, 1:]
+
+
+def pinned_transfer(device: torch.device) -> bool:
+    """Whether batches reach `device` from pinned (page-locked) host memory, asynchronously: on CUDA, so the copy
+    overlaps the GPU's work. On a CPU there is nothing to copy, and pinning needs a GPU driver."""
+    return device.type == "cuda"
 
 
 def random_offsets(rng: np.random.Generator, data: np.ndarray, count: int, block_size: int) -> np.ndarray:

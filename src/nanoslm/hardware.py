@@ -52,20 +52,40 @@ def _device(name: str) -> torch.device:
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        native_bf16 = cuda_has_native_bf16(torch.cuda.get_device_capability(device))
+    else:
+        native_bf16 = device.type == "cpu" and cpu_has_native_bf16()
+    return choose_dtype(name, device.type, native_bf16)
+
+
+def choose_dtype(name: str, device_type: str, native_bf16: bool) -> torch.dtype:
+    """hardware.dtype on a device of `device_type` that has (or lacks) bf16 arithmetic in hardware.
+
+    auto: bfloat16 where it is native; else float16 with a GradScaler on CUDA (a T4, a V100), float32 elsewhere.
+    """
     if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and cpu_has_native_bf16():
-            return torch.bfloat16
-        return torch.float32
+        if device_type == "cuda":
+            return torch.bfloat16 if native_bf16 else torch.float16
+        return torch.bfloat16 if device_type == "cpu" and native_bf16 else torch.float32
     dtype = DTYPES[name]
-    if device.type == "cpu" and dtype == torch.float16:
+    if device_type == "cpu" and dtype == torch.float16:
         raise UserError("hardware.dtype float16 is for CUDA GPUs; on a CPU use bfloat16, float32 or auto")
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise UserError("hardware.dtype bfloat16 is not supported by this GPU; use float16 or auto")
-    if device.type == "mps" and dtype == torch.bfloat16:
+    if device_type == "cuda" and dtype == torch.bfloat16 and not native_bf16:
+        raise UserError("hardware.dtype bfloat16 is not supported by this GPU (bf16 needs compute capability 8.0, "
+                        "an A100 or newer); use float16 or auto")
+    if device_type == "mps" and dtype == torch.bfloat16:
         raise UserError("hardware.dtype bfloat16 is not supported on MPS here; use float16, float32 or auto")
     return dtype
+
+
+def cuda_has_native_bf16(capability: tuple[int, int]) -> bool:
+    """True for GPUs with bf16 tensor cores: compute capability 8.0 (Ampere, A100) and later.
+
+    Not torch.cuda.is_bf16_supported(): by default it counts emulation, so it says True on a T4 (7.5) too, where
+    bf16 runs emulated and slower than float16, which a T4 has in hardware.
+    """
+    return tuple(capability) >= (8, 0)
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

@@ -32,7 +32,10 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 grad_hidden[start : start + CHUNK_ROWS] = probs @ weight
                 grad_weight += (probs.t() @ h).float()
         if needs_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+            # float16 keeps the head's gradient in float32 until backward scales it: summed over a large batch's
+            # tokens it can pass float16's 65,504 before the GradScaler's scale (and the 1/tokens) reach it
+            keep = torch.float32 if weight.dtype == torch.float16 else weight.dtype
+            ctx.save_for_backward(grad_hidden, grad_weight.to(keep))
         return total
 
     @staticmethod

@@ -59,7 +59,8 @@ def optimizer_step(forward, optimizers, scaler, micro_batches, lrs, grad_clip: f
                    hw: hardware.Hardware) -> torch.Tensor:
     """One optimizer step over gradient-accumulation micro-batches; returns their mean loss (a tensor, no sync).
 
-    optimizers[i] runs at lrs[i]. Under DDP, gradients are all-reduced once, on the last micro-batch.
+    optimizers[i] runs at lrs[i]. Under DDP, gradients are all-reduced once, on the last micro-batch. Under
+    float16, an inf or NaN gradient anywhere skips every optimizer's update (see _skip_all).
     """
     micro_batches = list(micro_batches)
     for optimizer, lr in zip(optimizers, lrs, strict=True):
@@ -72,16 +73,32 @@ def optimizer_step(forward, optimizers, scaler, micro_batches, lrs, grad_clip: f
             loss = forward(x, y) / len(micro_batches)
         scaler.scale(loss).backward()
         total += loss.detach()
-    if grad_clip:
+    params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+    if grad_clip or scaler.is_enabled():
         for optimizer in optimizers:
             scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for o in optimizers for g in o.param_groups for p in g["params"]], grad_clip)
-    for optimizer in optimizers:
-        scaler.step(optimizer)
-    scaler.update()
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip else None
+    if not _skip_all(scaler, params, norm):
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+    scaler.update()  # after an inf: a smaller scale
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def _skip_all(scaler: torch.amp.GradScaler, params, norm: torch.Tensor | None) -> bool:
+    """True when the GradScaler found an inf or NaN among the (unscaled) gradients of any optimizer.
+
+    GradScaler decides for each optimizer alone, from its own gradients: an inf in one of Muon's matrices would skip
+    Muon and let AdamW step, on gradients that clipping has zeroed or made NaN, moving its weights (weight decay) and
+    its moments. One decision for all keeps the skipped step a no-op. False (and no sync) without float16.
+    """
+    if not scaler.is_enabled():
+        return False
+    if norm is None:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    return not bool(torch.isfinite(norm))
 
 
 def maybe_compile(model: GPT, enabled: bool, batch_shape: tuple[int, int]):
