@@ -129,3 +129,35 @@ def test_invalid_reduction_raises():
     hidden, weight, targets = inputs()
     with pytest.raises(ValueError, match="reduction"):
         head_loss(hidden, weight, targets, "none")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_targets_not_learned_score_and_teach_nothing_as_cross_entropys_ignore_index(reduction):
+    """Fine-tuning on conversations learns the assistant's turns only: a user's turn must add no loss, no gradient."""
+    hidden, weight, targets = inputs((14,))
+    learn = torch.ones(14, dtype=torch.bool)
+    learn[[0, 3, 4, 5, 13]] = False  # across chunk boundaries, first and last row included
+
+    def masked(h, w, t, r):
+        return head_loss(h, w, t, r, learn=learn)
+
+    def ignoring(h, w, t, r):
+        return F.cross_entropy((h.reshape(-1, C) @ w.T).float(), t.masked_fill(~learn, -1), reduction=r,
+                               ignore_index=-1)
+
+    loss, gh, gw = loss_and_grads(masked, hidden, weight, targets, reduction)
+    ref_loss, ref_gh, ref_gw = loss_and_grads(ignoring, hidden, weight, targets, reduction)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-5, atol=1e-6)
+    assert gh[~learn].abs().max() == 0
+
+
+def test_learning_every_target_by_mask_equals_learning_them_without_one():
+    """An all-true mask is the plain loss, to the bit: the masked path is the same arithmetic, not another one."""
+    hidden, weight, targets = inputs((14,), dtype=torch.bfloat16)
+    plain = loss_and_grads(head_loss, hidden, weight, targets, "mean")
+    every = loss_and_grads(lambda h, w, t, r: head_loss(h, w, t, r, learn=torch.ones(14, dtype=torch.bool)),
+                           hidden, weight, targets, "mean")
+    for a, b in zip(plain, every):
+        assert torch.equal(a, b)

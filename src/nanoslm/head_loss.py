@@ -14,7 +14,7 @@ CHUNK_ROWS = 1024  # rows per chunk: large enough for efficient matmuls, small e
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets):
+    def forward(ctx, hidden, weight, targets, learn):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
@@ -24,12 +24,17 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             t = targets[start : start + CHUNK_ROWS]
             probs = torch.softmax(h @ weight.t(), dim=-1, dtype=torch.float32)  # one fused pass
             rows = torch.arange(t.numel(), device=t.device)
-            total -= probs[rows, t].clamp(min=TINY).log().sum()
+            nll = -probs[rows, t].clamp(min=TINY).log()
+            if learn is not None:  # rows not learned count nothing: zeroed where they are small, not in probs
+                keep = learn[start : start + CHUNK_ROWS, None]
+                nll, h = nll * keep[:, 0], h * keep
+            total += nll.sum()
             if needs_grad:
                 # d(sum nll)/d logits = softmax - one_hot(target)
                 probs[rows, t] -= 1.0
                 probs = probs.to(hidden.dtype)
-                grad_hidden[start : start + CHUNK_ROWS] = probs @ weight
+                grad = probs @ weight
+                grad_hidden[start : start + CHUNK_ROWS] = grad if learn is None else grad * keep
                 grad_weight += (probs.t() @ h).float()
         if needs_grad:
             # float16 keeps the head's gradient in float32 until backward scales it: summed over a large batch's
@@ -41,24 +46,27 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_total, grad_weight * grad_total, None
+        return grad_hidden * grad_total, grad_weight * grad_total, None, None
 
 
-def head_loss(hidden, weight, targets, reduction: str = "mean"):
+def head_loss(hidden, weight, targets, reduction: str = "mean", learn=None):
     """Cross-entropy of `hidden @ weight.T` against `targets`, in float32.
 
-    hidden: (..., C); weight: (V, C); targets: (...) int64. Under autocast the matmuls run in the
-    autocast dtype, as a plain nn.Linear + F.cross_entropy would.
+    hidden: (..., C); weight: (V, C); targets: (...) int64. learn: None to learn every target, or a bool mask of
+    targets' shape (fine-tuning on conversations learns the assistant's turns only): the others add no loss and
+    no gradient, and the mean is over the learned ones. Under autocast the matmuls run in the autocast dtype, as
+    a plain nn.Linear + F.cross_entropy would.
     """
     hidden = hidden.reshape(-1, hidden.size(-1))
     targets = targets.reshape(-1)
+    learn = None if learn is None else learn.reshape(-1)
     if torch.is_autocast_enabled(hidden.device.type):
         dtype = torch.get_autocast_dtype(hidden.device.type)
         hidden, weight = hidden.to(dtype), weight.to(dtype)
     with torch.autocast(hidden.device.type, enabled=False):
-        total = _ChunkedHeadLoss.apply(hidden, weight, targets)
+        total = _ChunkedHeadLoss.apply(hidden, weight, targets, learn)
     if reduction == "sum":
         return total
     if reduction == "mean":
-        return total / targets.numel()
+        return total / (targets.numel() if learn is None else learn.sum().clamp(min=1))
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

@@ -154,12 +154,13 @@ class GPT(nn.Module):
             x = block(x, layer_cache)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, reduction: str = "mean", kv_cache=None):
-        """With targets: the cross-entropy loss (float32). Without: logits of the last position only."""
+    def forward(self, idx, targets=None, learn=None, reduction: str = "mean", kv_cache=None):
+        """With targets: the cross-entropy loss (float32), over the targets where `learn` (a bool mask) is true when
+        it is given. Without: logits of the last position only."""
         x = self.hidden(idx, kv_cache)
         if targets is None:
             return self.lm_head(x[:, -1, :]).float()
-        return head_loss(x, self.lm_head.weight, targets, reduction)
+        return head_loss(x, self.lm_head.weight, targets, reduction, learn)
 
     def optimizers(self, lr, weight_decay, betas, fused=None, muon_lr=None,
                    compute_dtype=torch.float32) -> list[torch.optim.Optimizer]:

@@ -67,10 +67,10 @@ def optimizer_step(forward, optimizers, scaler, micro_batches, lrs, grad_clip: f
         for group in optimizer.param_groups:
             group["lr"] = lr
     total = torch.zeros((), device=hw.device)
-    for i, (x, y) in enumerate(micro_batches):
+    for i, batch in enumerate(micro_batches):  # (inputs, targets) or (inputs, targets, learn)
         last = i == len(micro_batches) - 1
         with (nullcontext() if last or not hasattr(forward, "no_sync") else forward.no_sync()), hw.autocast():
-            loss = forward(x, y) / len(micro_batches)
+            loss = forward(*batch) / len(micro_batches)
         scaler.scale(loss).backward()
         total += loss.detach()
     params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
