@@ -55,7 +55,7 @@ yourself yourselves oh wow hello hi okay ok bye please thank thanks sorry ah uh 
 
 _TOKEN = re.compile(r"[A-Za-z]+(?:['\u2019][A-Za-z]+)?")  # a word, possibly with a contraction or possessive
 _BOUNDARY = re.compile(r"[.!?\n\"\u201c\u201d:;]")  # between two words, one of these starts a new sentence
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]+")
+_SENTENCE = re.compile(r"[^.!?\n\"\u201c\u201d\s][^.!?\n]*[.!?]+")  # starts after quotes and spaces
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def sentences(story: str) -> list[str]:
     for match in _SENTENCE.finditer(story):
         before = story[: match.start()]
         inside = before.count('"') % 2 or before.count("\u201c") > before.count("\u201d")
-        if not inside and match.group().strip():
+        if not inside:
             found.append(match.group().strip())
     return found
 
