@@ -1,14 +1,14 @@
-"""Checks of a story against a request (words, name, dialogue, sentence, finished), their summary, a chance
-baseline and the copy rate against train; pure functions on text, knowing nothing of tokens or models.
+"""Checks of a story against a request, their summary, chance baseline and copy rate; knows nothing of tokens or models.
 
-Words are runs of letters, lowercased; apostrophes split them, so "Lily's" holds the word "lily".
+Pure functions on text. Words are runs of letters, lowercased; apostrophes split them, so "Lily's" holds "lily".
 Inflections: a required word counts as present when the story has any form in forms(word): the word itself, or one
 of its bases (the word less a final -s, -es after s/x/z/ch/sh/o, -ies/-ied (+y), -ed or -ing, undoubling or
-restoring an -e as the spelling needs) with -s/-es, -ed/-d, -ing, -er, -est or -ly added by the same spelling rules
-(a one-syllable word ending consonant-vowel-consonant doubles its last letter: hat -> hatted, never hated). So "played" is met by play, plays, playing; "big" by bigger, biggest; "happy" by happily,
-happier. -er, -est and -ly are only ever added, never removed: "letter" is not met by "let", nor "butter" by "but". Known
-misses and slips of so simple a rule: irregular forms (ran for run, went for go) do not count, and a few words
-that only look inflected do (evening is met by even).
+restoring an -e as the spelling needs) with -s/-es, -ed/-d, -ing, -er, -est or -ly added by the same spelling
+rules (a one-syllable word ending consonant-vowel-consonant doubles its last letter: hat -> hatted, never hated).
+So "played" is met by play, plays, playing; "big" by bigger, biggest; "happy" by happily, happier. -er, -est and
+-ly are only ever added, never removed: "letter" is not met by "let", nor "butter" by "but". Known misses and
+slips of so simple a rule: irregular forms (ran for run, went for go) do not count, and a few words that only look
+inflected do (evening is met by even).
 """
 
 import hashlib

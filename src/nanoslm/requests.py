@@ -1,4 +1,4 @@
-"""Requests derived from stories (words, name, dialogue, a sentence) and their phrasing; knows nothing of tokens or models.
+"""Requests derived from stories (words, name, dialogue, a sentence), phrased; knows nothing of tokens or models.
 
 A request names only what its own story satisfies and nanoslm.follow can check, in the spirit of
 TinyStories-Instruct (Eldan & Li 2023); no outside data. Everything is deterministic from the seed.
@@ -14,7 +14,8 @@ others). Sentence-initial uses are not counted either way, so "The", "Once" or "
 single letters, all-capital words (TV) or NOT_NAMES. The main character is the story's most frequent name (ties:
 the first to appear).
 Sentence: with probability SENTENCE_SHARE, one of the story's narration sentences (not inside quotes, none in
-them) of SENTENCE_WORDS words, not its first sentence ("Once upon a time ..." is in nearly every story), chosen uniformly.
+them) of SENTENCE_WORDS words, not its first sentence ("Once upon a time ..." is in nearly every story), chosen
+uniformly.
 """
 
 import json
