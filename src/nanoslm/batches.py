@@ -4,14 +4,21 @@ import numpy as np
 import torch
 
 
-def windows(data: np.ndarray, offsets: np.ndarray, block_size: int, device: torch.device):
-    """Inputs and next-token targets for windows of block_size tokens starting at `offsets`."""
-    rows = torch.from_numpy(data[offsets[:, None] + np.arange(block_size + 1)].astype(np.int64))
+def windows(data: np.ndarray, offsets: np.ndarray, block_size: int, device: torch.device,
+            learn: np.ndarray | None = None):
+    """Inputs and next-token targets for windows of block_size tokens starting at `offsets`; with a learn mask
+    (one flag per token of data), also which targets are learned (inputs, targets, learn)."""
+    index = offsets[:, None] + np.arange(block_size + 1)
+    rows = _to(torch.from_numpy(data[index].astype(np.int64)), device)
+    if learn is None:
+        return rows[:, :-1], rows[:, 1:]
+    return rows[:, :-1], rows[:, 1:], _to(torch.from_numpy(learn[index[:, 1:]].astype(bool)), device)
+
+
+def _to(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
     if pinned_transfer(device):
-        rows = rows.pin_memory().to(device, non_blocking=True)
-    else:
-        rows = rows.to(device)
-    return rows[:, :-1], rows[:, 1:]
+        return rows.pin_memory().to(device, non_blocking=True)
+    return rows.to(device)
 
 
 def pinned_transfer(device: torch.device) -> bool:

@@ -128,6 +128,26 @@ class TrainConfig(Section):
 
 
 @dataclass(frozen=True)
+class FinetuneConfig(Section):
+    SECTION = "finetune"
+    source: str  # a .jsonl of conversations (OpenAI's fine-tuning format) or a .txt of plain text
+    holdout_every: int  # every Nth conversation (or story) of the source validates the run
+    max_iters: int  # optimizer steps; the rest of the schedule and optimizer is train's
+    lr: float  # AdamW's peak learning rate (Muon's is train.muon_lr scaled alike)
+    warmup_iters: int
+    eval_interval: int  # steps between validation runs and checkpoints (models/tuned/last.pt)
+    eval_iters: int  # validation batches per evaluation
+
+    def validate(self):
+        self._positive("holdout_every", "max_iters", "lr", "eval_interval", "eval_iters")
+        self._at_least_zero("warmup_iters")
+        if self.holdout_every < 2:
+            self._fail("holdout_every", f"must be at least 2 (one in N goes to validation), got {self.holdout_every}")
+        if self.warmup_iters > self.max_iters:
+            self._fail("warmup_iters", f"({self.warmup_iters}) must not exceed finetune.max_iters ({self.max_iters})")
+
+
+@dataclass(frozen=True)
 class EvalConfig(Section):
     SECTION = "eval"
     batch_size: int
@@ -198,6 +218,7 @@ class Params:
     tokenizer: TokenizerConfig
     model: GPTConfig
     train: TrainConfig
+    finetune: FinetuneConfig
     eval: EvalConfig
     sample: SampleConfig
     hardware: HardwareConfig

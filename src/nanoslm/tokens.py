@@ -5,6 +5,8 @@ nanoslm.vocab, nanoslm.sources), so editing the writer or the download readers r
 
 A split's .bin is one EOT, then every story's tokens followed by EOT (uint16 ids, little-endian as numpy writes
 them); meta.json holds the vocabulary ("tokenizer"), its size, and each split's stories, tokens and text bytes.
+Fine-tuning data (nanoslm.finetune) adds, per split, a .learn.bin (one uint8 per token: 1 where it is a target
+to learn), and with conversations the chat ids past the vocabulary (meta.json's "chat").
 """
 
 import json
@@ -54,8 +56,24 @@ def load_split(tokens_dir, split: str, block_size: int | None = None) -> np.memm
                         f"rerun: dvc repro --force tokenize")
     data = np.memmap(path, dtype=DTYPE, mode="r")
     if block_size is not None:
-        check_windows(data, split, block_size, meta["vocab_size"], path)
+        check_windows(data, split, block_size, id_bound(meta), path)
     return data
+
+
+def id_bound(meta: dict) -> int:
+    """One past the largest id the tokens may hold: the vocabulary's size, or past the chat ids where there are."""
+    return meta["chat"]["end"] + 1 if meta.get("chat") else meta["vocab_size"]
+
+
+def load_learn(tokens_dir, split: str, tokens: int) -> np.memmap | None:
+    """A fine-tuning split's learn mask (uint8, one per token), or None where every target is learned."""
+    path = Path(tokens_dir) / f"{split}.learn.bin"
+    if not path.is_file():
+        return None
+    if path.stat().st_size != tokens:
+        raise UserError(f"{path}: {path.stat().st_size} flags for {tokens} tokens, so the file is damaged; "
+                        f"rerun: dvc repro --force finetune")
+    return np.memmap(path, dtype=np.uint8, mode="r")
 
 
 def min_tokens(block_size: int) -> int:

@@ -9,7 +9,7 @@ last.pt holds), .data (tokens and validation), .log (dvclive, progress bar), .st
 from pathlib import Path
 
 from .. import distributed, faults, hardware
-from ..batches import train_windows, windows
+from ..batches import train_windows
 from ..config import Params
 from ..plotting import plot_loss
 from .data import Validation, load_data
@@ -19,26 +19,27 @@ from .step import lr_at, lrs_at, maybe_compile, optimizer_step
 from .stop import StopRequest
 
 
-def train(params: Params, tokens_dir, models_dir, live_dir, plot_path) -> dict:
+def train(params: Params, tokens_dir, models_dir, live_dir, plot_path, init: dict | None = None) -> dict:
     """Train (or resume); write models_dir/{best,last}.pt, dvclive metrics and the loss plot.
 
+    init (fine-tuning, see nanoslm.finetune): the weights to start from instead of a fresh model's.
     Returns a summary; summary["interrupted"] is True when Ctrl-C / SIGTERM stopped it after saving.
     """
     hw = hardware.setup(params.hardware)
     ranks = distributed.init(hw.device_type)
     try:
         hw = distributed.share_hardware(hw, ranks, params)
-        return _run(params, hw, ranks, Path(tokens_dir), Path(models_dir), live_dir, plot_path)
+        return _run(params, hw, ranks, Path(tokens_dir), Path(models_dir), live_dir, plot_path, init)
     finally:
         distributed.shutdown(ranks)
 
 
 def _run(params: Params, hw: hardware.Hardware, ranks: distributed.Ranks, tokens_dir: Path, models_dir: Path,
-         live_dir, plot_path) -> dict:
+         live_dir, plot_path, init: dict | None) -> dict:
     tc, cfg = params.train, params.model
     seed_everything(tc.seed + ranks.rank)
     meta, train_data, val_data = load_data(tokens_dir, params)
-    state = TrainState(params, meta, hw, ranks)
+    state = TrainState(params, meta, hw, ranks, init)
     sampler = train_windows(tc.windows, tc.seed, len(train_data), cfg.block_size)  # alike on every rank
     model, say = state.model, printer(ranks)
     last_path, best_path = models_dir / "last.pt", models_dir / "best.pt"
@@ -73,8 +74,7 @@ def _run(params: Params, hw: hardware.Hardware, ranks: distributed.Ranks, tokens
 
             # forward, backward and update over this step's micro-batches (this rank's share)
             offsets = sampler.step(step, tc.grad_accum_steps, tc.batch_size)
-            micro_batches = (windows(train_data, o, cfg.block_size, hw.device)
-                             for o in distributed.share(offsets, ranks))
+            micro_batches = (train_data.windows(o, cfg.block_size, hw.device) for o in distributed.share(offsets, ranks))
             state.add_window_loss(optimizer_step(forward, state.optimizers, state.scaler, micro_batches,
                                                  lrs_at(step, tc), tc.grad_clip, hw))
             state.progress.step = step = step + 1

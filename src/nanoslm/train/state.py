@@ -25,11 +25,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fingerprint(params: Params, meta: dict, hw: hardware.Hardware, world_size: int) -> dict:
+def fingerprint(params: Params, meta: dict, hw: hardware.Hardware, world_size: int, init: dict | None) -> dict:
     """What a resumed run must share with the checkpoint for the result to be the same run's."""
     train = dataclasses.asdict(params.train)
     train.pop("checkpoint_interval")  # decides only when state is saved
+    start = {"init": init["fingerprint"]} if init else {}  # fine-tuning: the checkpoint it started from
     return {
+        **start,
         "model": dataclasses.asdict(params.model),
         "train": train,
         "dtype": str(hw.dtype).removeprefix("torch."),
@@ -54,10 +56,16 @@ class TrainState:
     window (the RNGs are global; the batches depend on the step alone). save() writes it all to last.pt; resume()
     reads it all back."""
 
-    def __init__(self, params: Params, meta: dict, hw: hardware.Hardware, ranks: distributed.Ranks):
+    def __init__(self, params: Params, meta: dict, hw: hardware.Hardware, ranks: distributed.Ranks,
+                 init: dict | None = None):
+        """init (fine-tuning): {"model": a state dict to start from, "fingerprint": what identifies it}."""
         self.hw, self.ranks, self.tokenizer = hw, ranks, meta["tokenizer"]
-        self.fingerprint = fingerprint(params, meta, hw, ranks.world_size)
+        # a chat vocabulary's ids go into every checkpoint, so its readers render conversations alike
+        self.format = {"chat": meta["chat"]} if meta.get("chat") else {}
+        self.fingerprint = fingerprint(params, meta, hw, ranks.world_size, init)
         self.model = GPT(params.model).to(hw.device)
+        if init:
+            self.model.load_state_dict(init["model"])
         self.optimizers = make_optimizers(self.model, params.train, hw)
         self.scaler = make_scaler(hw)
         self.progress = Progress()
@@ -83,7 +91,7 @@ class TrainState:
         self.progress.val_points.append((step, val))
         if val < self.progress.best_val:
             self.progress.best_val = val
-            checkpoint.save(best_path, self.model, step=step, val_loss=val, tokenizer=self.tokenizer)
+            checkpoint.save(best_path, self.model, step=step, val_loss=val, tokenizer=self.tokenizer, **self.format)
 
     def save(self, path: Path) -> None:
         """Write last.pt, unless it holds this very step already. A collective: every rank calls it (each rank's
@@ -94,7 +102,7 @@ class TrainState:
         rank_states = distributed.gather(self._rank_state(), self.ranks)
         if self.ranks.is_main:
             checkpoint.save(path, self.model, step=p.step, val_loss=p.val_points[-1][1], tokenizer=self.tokenizer,
-                            training={"fingerprint": self.fingerprint, "optimizers": [o.state_dict() for o in self.optimizers],
+                            **self.format, training={"fingerprint": self.fingerprint, "optimizers": [o.state_dict() for o in self.optimizers],
                                       "scaler": self.scaler.state_dict(), "ranks": rank_states,
                                       "progress": dataclasses.asdict(p)})
         self.saved_step = p.step
