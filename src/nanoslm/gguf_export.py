@@ -8,8 +8,8 @@ What llama.cpp needs is written directly, not converted from the transformers fo
 identifies a BPE pre-tokenizer by hashing the ids of a fixed text, which no pruned vocabulary can match. Here the
 file names GPT-2's pre-tokenizer ("gpt-2", the r50k pattern nanoslm.tokenizer uses), the vocabulary's tokens in
 GPT-2's byte-level text, its merges (GPT-2's, in GPT-2's order, as nanoslm.export's merges.txt) and <|endoftext|>
-as a control token that ends a story. The weights are nanoslm.export's GPT-2 weights (so the same models are refused, in one line), under
-llama.cpp's GPT-2 tensor names, with three differences:
+as a control token that ends a story. The weights are nanoslm.export's GPT-2 weights (so the same models are
+refused, in one line), under llama.cpp's GPT-2 tensor names, with three differences:
 - Nano-SLM's Linear weights are stored as they are (GGUF keeps them (out, in), as torch does), not as Conv1D;
 - the embedding keeps only the tokenizer's ids: padded rows past them are never picked by nanoslm's engine, so
   llama.cpp cannot pick them either;
