@@ -153,6 +153,7 @@ def test_folder_contents(exported):
     assert config["activation_function"] == "gelu"  # exact GELU, as Nano-SLM's MLP; GPT-2's own is gelu_new
     assert config["tie_word_embeddings"] is True and config["layer_norm_epsilon"] == 1e-5
     assert (config["vocab_size"], config["n_positions"]) == (model.config.vocab_size, model.config.block_size)
+    assert config["n_ctx"] == model.config.block_size  # llama.cpp's convert_hf_to_gguf.py stops without it
     assert config["eos_token_id"] == config["bos_token_id"] == enc.eot_token
     merges = (out / "merges.txt").read_text(encoding="utf-8").splitlines()
     assert merges[0] == "#version: 0.2" and len(merges) == enc.n_vocab - 256

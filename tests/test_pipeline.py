@@ -45,7 +45,7 @@ def test_repro_then_experiment(project):
     run(dvc + ["repro"], repo, env)
     for out in ("metrics/eval.json", "plots/loss.png", "samples/stories.md", "models/best.pt", "models/last.pt",
                 "dvclive/plots/metrics/train/loss.tsv", "dvclive/plots/metrics/val/loss.tsv",
-                "dvclive/plots/metrics/val/bpb.tsv"):
+                "dvclive/plots/metrics/val/bpb.tsv", "models/model.gguf"):
         assert (repo / out).is_file(), out
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert {"val_loss", "perplexity", "bits_per_byte", "tokens"} <= metrics.keys()

@@ -3,7 +3,7 @@
     nanoslm evaluate --checkpoint models/best.pt --data validation.txt
     nanoslm generate "Once upon a time" --checkpoint models/best.pt --seed 1
     nanoslm chat --checkpoint models/best.pt
-    nanoslm export --checkpoint models/best.pt --out models/hf
+    nanoslm export --checkpoint models/best.pt --out models/hf     # and models/model.gguf
 """
 
 import argparse
@@ -140,11 +140,18 @@ def _chat(args) -> None:
 
 
 def _export(args) -> None:
+    from pathlib import Path
+
     from .export import export
+    from .gguf_export import export_gguf
 
     out = export(args.checkpoint, args.out)
     print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r}) "
           f"and AutoTokenizer.from_pretrained({str(out)!r})")
+    if not args.no_gguf:
+        gguf = export_gguf(args.checkpoint, args.gguf or Path(args.out).parent / "model.gguf", args.gguf_type)
+        print(f"wrote {gguf} ({args.gguf_type}): run it with llama.cpp (llama-completion -m {gguf}), ollama "
+              f"(a Modelfile with FROM {gguf.name}) or LM Studio")
 
 
 def _serve(args) -> None:
@@ -172,6 +179,7 @@ def _serve(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import bench  # its defaults; the module imports no torch
+    from .gguf_export import DEFAULT_GGUF_TYPE, GGUF_TYPES
 
     parser = _Parser(prog="nanoslm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -232,13 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(run=_chat)
 
     ex = commands.add_parser(
-        "export", help="write a Hugging Face transformers folder (GPT-2 architecture) from a checkpoint",
+        "export", help="write a Hugging Face transformers folder and a GGUF file (GPT-2) from a checkpoint",
         description="Write DIR with config.json, model.safetensors and GPT-2 tokenizer files, offline, so that "
                     "transformers' AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR) "
                     "load the model. Replaces an earlier export in DIR; refuses a folder holding other files, "
-                    "and a model GPT-2 cannot express. Loading it needs transformers: pip install 'nanoslm[export]'.")
+                    "and a model GPT-2 cannot express. Loading it needs transformers: pip install 'nanoslm[export]'. "
+                    "Beside it, model.gguf (GPT-2 architecture, the same tokenizer) runs in llama.cpp, ollama and "
+                    "LM Studio.")
     _add_checkpoint_arg(ex)
     ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    ex.add_argument("--gguf", metavar="FILE", help="also write the model as one GGUF file for llama.cpp, ollama "
+                                                   "and LM Studio here (default: model.gguf beside DIR)")
+    ex.add_argument("--gguf-type", choices=GGUF_TYPES, default=DEFAULT_GGUF_TYPE,
+                    help=f"the GGUF file's weights: f32, f16 or q8_0 (8-bit) (default: {DEFAULT_GGUF_TYPE})")
+    ex.add_argument("--no-gguf", action="store_true", help="write only the transformers folder")
     ex.set_defaults(run=_export)
 
     sv = commands.add_parser(

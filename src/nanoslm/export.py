@@ -77,6 +77,7 @@ def gpt2_config(cfg: dict, source="model", eot: int = gpt2.EOT) -> dict:
         "model_type": "gpt2",
         "vocab_size": cfg["vocab_size"],  # may be padded past the tokenizer's 50,257 ids
         "n_positions": cfg["block_size"],
+        "n_ctx": cfg["block_size"],  # GPT-2's own config has it too; llama.cpp's convert_hf_to_gguf.py reads it
         "n_embd": cfg["n_embd"],
         "n_layer": cfg["n_layer"],
         "n_head": cfg["n_head"],
