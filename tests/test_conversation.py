@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nanoslm.conversation import MARKERS, ChatTokens, read_jsonl, render
+from nanoslm.conversation import MARKERS, ChatTokens, decode, read_jsonl, render
 from nanoslm.errors import UserError
 from nanoslm.tokenizer import gpt2_encoding
 
@@ -75,3 +75,9 @@ def test_a_conversation_longer_than_the_context_is_refused_with_its_length(tmp_p
 def test_good_lines_come_back_as_messages(tmp_path):
     conversations = read_jsonl(write_lines(tmp_path / "mine.jsonl", [GOOD, GOOD]), ENC, CHAT, context=256)
     assert conversations == [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]] * 2
+
+
+def test_decoding_writes_chat_ids_as_their_markers():
+    ids, _ = render([{"role": "user", "content": "Hi"}], ENC, CHAT, reply=True)
+
+    assert decode(ids, ENC, CHAT) == "<|endoftext|><|user|>Hi<|end|><|assistant|>"

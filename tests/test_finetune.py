@@ -148,3 +148,13 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_runs_weights(tmp_path, 
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert (whole / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().count("\n") == (
         killed / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().count("\n")
+
+
+def test_a_base_checkpoint_cannot_be_asked_for_a_request(tmp_path, base):
+    from nanoslm.instruct_score import score_requests
+    from nanoslm.hardware import setup
+
+    params = base_params()
+    with pytest.raises(UserError, match="not tuned on conversations"):
+        score_requests(base, tmp_path / "none.jsonl", tmp_path / "none.txt", tmp_path, params.sample, [0], 1, 8,
+                       setup(params.hardware), tmp_path / "instruct.json")

@@ -50,6 +50,14 @@ def test_repro_then_experiment(project):
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert {"val_loss", "perplexity", "bits_per_byte", "tokens"} <= metrics.keys()
     assert "Once upon a time there was a pumpkin." in (repo / "samples/stories.md").read_text()
+    # requests -> finetune -> instruct: a tuned model asked for held-out stories, its checks beside chance's
+    instruct = json.loads((repo / "metrics/instruct.json").read_text())
+    assert instruct["requests"] > 0 and instruct["seeds"] == [0, 1]
+    for side in ("model", "chance"):
+        assert {"words", "all_words", "finished"} <= instruct[side].keys(), instruct
+        assert all(0 <= v <= 1 for k, v in instruct[side].items() if k != "requests")
+    assert 0 <= instruct["copy"]["copied"] <= 1 and math.isfinite(instruct["plain_bits_per_byte"])
+    assert (repo / "models/tuned/best.pt").is_file() and (repo / "plots/tuned-loss.png").is_file()
 
     assert "up to date" in run(dvc + ["repro"], repo, env)  # nothing changed: nothing reruns
 

@@ -148,6 +148,18 @@ class FinetuneConfig(Section):
 
 
 @dataclass(frozen=True)
+class InstructConfig(Section):
+    SECTION = "instruct"
+    requests: int  # held-out requests scored (the first N of data/requests/validation.jsonl)
+    seeds: typing.List[int]  # one story per request and seed, sampled with the sample settings
+
+    def validate(self):
+        self._positive("requests")
+        if len(self.seeds) < 1 or any(s < 0 for s in self.seeds):
+            self._fail("seeds", f"must be a non-empty list of seeds (0 or more), got {self.seeds}")
+
+
+@dataclass(frozen=True)
 class EvalConfig(Section):
     SECTION = "eval"
     batch_size: int
@@ -219,6 +231,7 @@ class Params:
     model: GPTConfig
     train: TrainConfig
     finetune: FinetuneConfig
+    instruct: InstructConfig
     eval: EvalConfig
     sample: SampleConfig
     hardware: HardwareConfig

@@ -43,6 +43,18 @@ class ChatTokens:
         return {getattr(self, name): text for name, text in MARKERS.items()}
 
 
+def decode(ids: list[int], enc: tiktoken.Encoding, tokens: ChatTokens) -> str:
+    """Text of ids that may hold chat ids (written as their markers' text)."""
+    texts, out, run = tokens.texts(), [], []
+    for i in ids:
+        if i in texts:
+            out += [enc.decode(run), texts[i]]
+            run = []
+        else:
+            run.append(i)
+    return "".join(out) + enc.decode(run)
+
+
 def render(messages: list[dict], enc: tiktoken.Encoding, tokens: ChatTokens,
            reply: bool = False) -> tuple[list[int], list[bool]]:
     """A conversation's ids, and for each id whether it is learned as a target (the assistant's text and <|end|>).
