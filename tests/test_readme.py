@@ -81,3 +81,8 @@ def test_the_table_parser_reads_a_row_and_ignores_prose():
     text = ("## Configuration: `params.yaml`\n\nSee `train.lr` in prose.\n\n| key | default | meaning |\n"
             "| --- | --- | --- |\n| `train.lr` | `8.0e-3` | peak |\n\n## Next\n| `model.n_layer` | `4` | x |\n")
     assert readme_params_table(text) == {"train.lr": "`8.0e-3`"}
+
+
+def test_the_readme_stays_a_user_guide_of_at_most_300_lines():
+    """Dated trials and long references belong in docs/; a README past 300 lines stops being read."""
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
