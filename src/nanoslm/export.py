@@ -32,15 +32,20 @@ FILES = ("config.json", "generation_config.json", "model.safetensors", "vocab.js
          "tokenizer_config.json", "special_tokens_map.json", "README.md")
 
 
-def export(checkpoint_path, out_dir) -> Path:
-    """Write the checkpoint's model and tokenizer to out_dir (replacing an earlier export there)."""
+def load_for_export(checkpoint_path):
+    """The checkpoint's model in float32, its metadata and its encoding; a UserError if its tokenizer is not GPT-2's."""
     model, state = checkpoint.load_model(checkpoint_path)
     model.float()
     value = state.get("tokenizer")
     if not (value == "gpt2" or isinstance(value, dict)):
         raise UserError(f"{checkpoint_path}: tokenizer {value!r} is not GPT-2's; only gpt2 exports")
-    enc = tokenizer.encoding_for(value, source=checkpoint_path)
-    eot = enc.eot_token
+    return model, state, tokenizer.encoding_for(value, source=checkpoint_path)
+
+
+def export(checkpoint_path, out_dir) -> Path:
+    """Write the checkpoint's model and tokenizer to out_dir (replacing an earlier export there)."""
+    model, state, enc = load_for_export(checkpoint_path)
+    value, eot = state["tokenizer"], enc.eot_token
     config = gpt2_config(dataclasses.asdict(model.config), checkpoint_path, eot=eot)
     weights = gpt2_weights(model, checkpoint_path)
 

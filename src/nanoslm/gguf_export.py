@@ -27,10 +27,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from . import checkpoint, gpt2, tokenizer
+from . import gpt2, tokenizer
 from .atomic import atomic_path
 from .errors import UserError
-from .export import CONV1D, byte_level, gpt2_config, gpt2_weights
+from .export import CONV1D, byte_level, gpt2_config, gpt2_weights, load_for_export
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 DEFAULT_GGUF_TYPE = "f16"
@@ -44,12 +44,8 @@ def export_gguf(checkpoint_path, out_path, gguf_type: str = DEFAULT_GGUF_TYPE) -
     out = Path(out_path)
     if out.is_dir() or (out.is_file() and not _is_gguf(out)):
         raise UserError(f"{out}: exists and is not a GGUF file; choose a new path for the GGUF file")
-    model, state = checkpoint.load_model(checkpoint_path)
-    model.float()
-    value = state.get("tokenizer")
-    if not (value == "gpt2" or isinstance(value, dict)):
-        raise UserError(f"{checkpoint_path}: tokenizer {value!r} is not GPT-2's; only gpt2 exports")
-    enc = tokenizer.encoding_for(value, source=checkpoint_path)
+    model, state, enc = load_for_export(checkpoint_path)
+    value = state["tokenizer"]
     cfg = model.config
     gpt2_config(dataclasses.asdict(cfg), checkpoint_path, eot=enc.eot_token)  # refuses what GPT-2 cannot express
     tokens, types, merges = bpe_vocabulary(value, enc)
