@@ -107,3 +107,17 @@ def dvc_project(root: Path, train: dict, sample_tokens: int) -> tuple[Path, dict
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)  # dvc exp and dvclive want a commit
     return repo, env
+
+
+@pytest.fixture(scope="module")
+def story_tokens(tmp_path_factory) -> Path:
+    """300 train and 30 validation stories, tokenized with GPT-2's full vocabulary (shared by a test module)."""
+    from nanoslm.config import TokenizerConfig
+    from nanoslm.tokenization import tokenize
+
+    raw = tmp_path_factory.mktemp("raw")
+    write_txt(raw / "train.txt", make_stories(300, seed=1))
+    write_txt(raw / "validation.txt", make_stories(30, seed=2))
+    out = tmp_path_factory.mktemp("tokens")
+    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=64), threads=1)
+    return out

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from nanoslm import checkpoint, hardware
-from nanoslm.config import Sampling, TokenizerConfig
+from nanoslm.config import Sampling
 from nanoslm.engine import Engine
 from nanoslm.train import maybe_compile
 
-from conftest import REPO, make_stories, write_txt
+from conftest import REPO
 from test_gpu_path import BATCH, BLOCK, CPU, LOSS_TOLERANCE, STEPS, batch, gap, recipe, run_steps
 from test_resume import losses, run_stage, workdir
 
@@ -90,15 +90,8 @@ def test_checkpoints_move_between_cuda_and_cpu(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Path:
-    from nanoslm.tokenization import tokenize
-
-    raw = tmp_path_factory.mktemp("raw")
-    write_txt(raw / "train.txt", make_stories(300, seed=1))
-    write_txt(raw / "validation.txt", make_stories(30, seed=2))
-    out = tmp_path_factory.mktemp("tokens")
-    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=64), threads=1)
-    return out
+def tokens(story_tokens) -> Path:
+    return story_tokens
 
 
 CUDA_RUN = {"hardware.device": "cuda", "hardware.dtype": "auto", "hardware.compile": False}

@@ -10,22 +10,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, make_stories, write_txt
+from conftest import REPO
 
 MAX_ITERS = 40
 
 
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Path:
-    from nanoslm.tokenization import tokenize
-    from nanoslm.config import TokenizerConfig
-
-    raw = tmp_path_factory.mktemp("raw")
-    write_txt(raw / "train.txt", make_stories(300, seed=1))
-    write_txt(raw / "validation.txt", make_stories(30, seed=2))
-    out = tmp_path_factory.mktemp("tokens")
-    tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=64), threads=1)
-    return out
+def tokens(story_tokens) -> Path:
+    return story_tokens
 
 
 def workdir(root: Path, name: str, **changes) -> Path:
