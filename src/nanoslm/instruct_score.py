@@ -25,6 +25,8 @@ from .generate import load_engine
 from .requests import Request
 from .sources import iter_txt_stories
 
+ROWS = 32  # requests generated together: all 200 at once took gigabytes (docs/experiments.md, 2026-12-05)
+
 
 def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampling: SampleConfig, seeds: list[int],
                    limit: int, eval_batch_size: int, hw: hardware.Hardware, out_path) -> dict:
@@ -40,9 +42,10 @@ def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampli
     prompts = [render([{"role": "user", "content": q.text}], enc, chat, reply=True)[0] for q in requests]
     scores, generated = [], []
     for seed in seeds:
-        steps = engine.stream(prompts, sampling, generators(seed, len(prompts)))
-        new = collect(tqdm(steps, desc=f"instruct seed {seed}", unit="token", total=sampling.max_new_tokens,
-                           file=sys.stderr), len(prompts))
+        new = []
+        for start in tqdm(range(0, len(prompts), ROWS), desc=f"instruct seed {seed}", unit="batch", file=sys.stderr):
+            batch = prompts[start:start + ROWS]  # request i samples with seed + i, whatever its batch
+            new += collect(engine.stream(batch, sampling, generators(seed + start, len(batch))), len(batch))
         for request, ids in zip(requests, new):
             text = decode(ids, enc, chat).strip()
             scores.append(score(request, text, ended=len(ids) < sampling.max_new_tokens))
