@@ -121,3 +121,17 @@ def story_tokens(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokens")
     tokenize(raw, out, TokenizerConfig(name="gpt2", vocab_size=50257, batch_stories=64), threads=1)
     return out
+
+
+def pruned_vocabulary(texts: list[str], k: int):
+    """The "tokenizer" value of a k-id pruned GPT-2 vocabulary chosen from texts' token counts, as tokenize does."""
+    import numpy as np
+
+    from nanoslm.gpt2 import N_VOCAB
+    from nanoslm.tokenizer import gpt2_encoding, vocabulary
+    from nanoslm.vocab import select_ranks
+
+    counts = np.zeros(N_VOCAB, dtype=np.int64)
+    for ids in gpt2_encoding().encode_ordinary_batch(texts, num_threads=1):
+        counts += np.bincount(ids, minlength=N_VOCAB)
+    return vocabulary(select_ranks(counts, k))

@@ -21,25 +21,19 @@ from nanoslm.export import export, gpt2_config, gpt2_weights  # noqa: E402
 from nanoslm.hardware import Hardware  # noqa: E402
 from nanoslm.model import GPT  # noqa: E402
 from nanoslm.sources import iter_txt_stories  # noqa: E402
-from nanoslm.tokenizer import EOT, N_VOCAB, encoding_for, get_encoding, gpt2_encoding, vocabulary  # noqa: E402
-from nanoslm.vocab import select_ranks  # noqa: E402
+from nanoslm.tokenizer import N_VOCAB, encoding_for, get_encoding  # noqa: E402
 
-from conftest import make_stories  # noqa: E402
+from conftest import make_stories, pruned_vocabulary  # noqa: E402
 
 CPU = Hardware(torch.device("cpu"), torch.float32)
 ENC = get_encoding("gpt2")
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinystories"
 
 
-def counts_of(texts):
-    counts = np.zeros(N_VOCAB, dtype=np.int64)
-    for ids in gpt2_encoding().encode_ordinary_batch(texts, num_threads=1):
-        counts += np.bincount(ids, minlength=N_VOCAB)
-    return counts
 
 
 # a pruned vocabulary chosen from generated stories: words outside them fall back to smaller pieces
-PRUNED = vocabulary(select_ranks(counts_of(make_stories(200, seed=4)), 1024))
+PRUNED = pruned_vocabulary(make_stories(200, seed=4), 1024)
 # bias: false exports zero biases; a padded vocabulary (50304, 1088) must survive
 VARIANTS = {"no-bias-padded": dict(bias=False, vocab_size=50304), "bias": dict(bias=True, vocab_size=50257),
             "pruned-padded": dict(bias=False, vocab_size=1088, tokenizer=PRUNED)}
@@ -136,7 +130,7 @@ def test_pruned_export_agrees_on_every_shared_story(K, tmp_path):
     """Every story of the shared train and validation files: Hugging Face's ids are nanoslm's, and decode back."""
     train = list(iter_txt_stories(SHARED / "train-sample.txt"))
     valid = list(iter_txt_stories(SHARED / "validation.txt"))
-    value = vocabulary(select_ranks(counts_of(train), K))
+    value = pruned_vocabulary(train, K)
     enc = encoding_for(value)
     checkpoint.save(tmp_path / "m.pt", make(bias=False, vocab_size=K), step=1, val_loss=1.0, tokenizer=value)
     tok = transformers.AutoTokenizer.from_pretrained(export(tmp_path / "m.pt", tmp_path / "hf"))

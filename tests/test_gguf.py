@@ -19,10 +19,9 @@ from nanoslm.gguf_export import export_gguf
 from nanoslm.hardware import Hardware
 from nanoslm.model import GPT
 from nanoslm.sources import iter_txt_stories
-from nanoslm.tokenizer import N_VOCAB, encoding_for, gpt2_encoding, vocabulary
-from nanoslm.vocab import select_ranks
+from nanoslm.tokenizer import N_VOCAB, encoding_for
 
-from conftest import REPO, make_stories
+from conftest import REPO, make_stories, pruned_vocabulary
 
 try:
     import llama_cpp
@@ -36,14 +35,9 @@ SHARED = REPO / ".." / "shared" / "data" / "tinystories"
 PROMPT = "Once upon a time, there was a little"
 
 
-def counts_of(texts):
-    counts = np.zeros(N_VOCAB, dtype=np.int64)
-    for ids in gpt2_encoding().encode_ordinary_batch(texts, num_threads=1):
-        counts += np.bincount(ids, minlength=N_VOCAB)
-    return counts
 
 
-PRUNED = vocabulary(select_ranks(counts_of(make_stories(200, seed=4)), 1024))
+PRUNED = pruned_vocabulary(make_stories(200, seed=4), 1024)
 # ci: params-ci.yaml's model (GPT-2's vocabulary, no biases: zeros are written); pruned: 1,024 ids padded to 1,088
 # (the GGUF keeps only the tokenizer's rows), with biases
 MODELS = {"ci": dict(bias=False, vocab_size=50257, tokenizer="gpt2"),
@@ -170,7 +164,7 @@ def test_llama_cpp_reads_our_ids_from_every_text(exported):
 @pytest.mark.parametrize("K", [8192, N_VOCAB])
 def test_llama_cpp_reads_our_ids_from_every_validation_story(K, tmp_path):
     """Every shared validation story: with the default pruned vocabulary (chosen as tokenize does) and GPT-2's."""
-    value = vocabulary(select_ranks(counts_of(list(iter_txt_stories(SHARED / "train-sample.txt"))), K))
+    value = pruned_vocabulary(list(iter_txt_stories(SHARED / "train-sample.txt")), K)
     checkpoint.save(tmp_path / "m.pt", make(bias=False, vocab_size=K, tokenizer=value), step=1, val_loss=1.0,
                     tokenizer=value)
     llm = load(export_gguf(tmp_path / "m.pt", tmp_path / "m.gguf"), vocab_only=True)
