@@ -10,6 +10,7 @@ the checkpoint's bits per byte on the plain validation stories (does it still wr
 
 import json
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -36,7 +37,8 @@ def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampli
         raise UserError(f"{checkpoint_path}: not tuned on conversations, so it cannot take a request; "
                         f"run the finetune stage on a .jsonl source")
     chat = ChatTokens(**state["chat"])
-    records = [json.loads(line) for line in open(requests_path, encoding="utf-8") if line.strip()][:limit]
+    lines = Path(requests_path).read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()][:limit]
     requests = [Request.from_dict(r["request"], where=str(requests_path)) for r in records]
     stories = [r["messages"][-1]["content"] for r in records]
     prompts = [render([{"role": "user", "content": q.text}], enc, chat, reply=True)[0] for q in requests]

@@ -17,7 +17,7 @@ from ..batches import step_offsets, windows
 from ..config import Params, TrainConfig
 from ..errors import UserError
 from ..model import GPT
-from ..tokens import check_tokens, id_bound, load_learn, load_split, read_meta
+from ..tokens import check_tokens, load_learn, load_split, read_meta
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,6 @@ def load_data(tokens_dir: Path, params: Params) -> tuple[dict, Split, Split]:
     cfg, tc = params.model, params.train
     meta = read_meta(tokens_dir)
     check_tokens(tokens_dir, meta, params.tokenizer)  # model.vocab_size >= tokenizer.vocab_size: config's check
-    if id_bound(meta) > cfg.vocab_size:
-        raise UserError(f"{tokens_dir}: tokens reach id {id_bound(meta) - 1}, past model.vocab_size {cfg.vocab_size}; "
-                        f"rerun: dvc repro")
     splits = []
     for split in ("train", "validation"):
         tokens = load_split(tokens_dir, split, cfg.block_size)
