@@ -234,3 +234,14 @@ def test_float16_autocast_gives_the_same_tokens_with_and_without_the_cache():
     cached = engine.generate(PROMPTS[:2], sampling, generators(0, 2))
     assert cached == engine.generate(PROMPTS[:2], sampling, generators(0, 2), use_cache=False)
     assert next(model.parameters()).dtype == torch.float32 and [len(r) for r in cached] == [24, 24]
+
+
+def test_a_chat_engine_ends_a_row_at_end_of_reply_as_at_end_of_text():
+    """A model pre-trained on stories and conversations ends a story at <|endoftext|> and a reply at <|end|>."""
+    model = make(scale=8.0)
+    greedy = Sampling(30, 0.0, None)
+    (free,) = gen(model, [PROMPTS[1]], greedy, eot=-1)
+    first, second = free[3], next(t for t in free if t != free[3])  # two ids the row makes, in some order
+    for eot, end in ((first, second), (second, first)):
+        (row,) = Engine(model, CPU, eot=eot, end=end).generate([PROMPTS[1]], greedy, generators(0, 1))
+        assert row == free[: min(free.index(first), free.index(second))]

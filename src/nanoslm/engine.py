@@ -111,7 +111,8 @@ class Engine:
     that is faster than autocast, which re-casts the 50K-row head for every token. float16 uses autocast.
     """
 
-    def __init__(self, model: GPT, hw: hardware.Hardware, eot: int = EOT, n_vocab: int = N_VOCAB):
+    def __init__(self, model: GPT, hw: hardware.Hardware, eot: int = EOT, n_vocab: int = N_VOCAB,
+                 end: Optional[int] = None):
         self.model = model.eval()
         if hw.dtype == torch.bfloat16:
             self.model.to(torch.bfloat16)
@@ -120,6 +121,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.block_size = model.config.block_size
         self.eot = eot  # a row that samples it ends; -1 = none does (benchmarks)
+        self.stops = {eot} if end is None else {eot, end}  # a chat model's reply also ends at <|end|>
         self.start = eot if 0 <= eot < model.config.vocab_size else EOT  # what an empty prompt starts from
         self.n_vocab = min(n_vocab, model.config.vocab_size)  # padded ids past the tokenizer's are never picked
 
@@ -150,7 +152,7 @@ class Engine:
                                     for i, r in enumerate(rows)])
         for step in range(sampling.max_new_tokens):
             picks = self._sample(logits, sampling, [gens[r] for r in rows])
-            going = [(r, t) for r, t in zip(rows, picks) if t != self.eot]
+            going = [(r, t) for r, t in zip(rows, picks) if t not in self.stops]
             if not going:
                 return
             out: list[Optional[int]] = [None] * len(seqs)

@@ -19,12 +19,13 @@ from .tokenizer import encoding_for
 
 def load_engine(checkpoint_path, hw: hardware.Hardware) -> tuple[Engine, tiktoken.Encoding, dict]:
     """An Engine on the checkpoint's model, its tokenizer, and the checkpoint's metadata. A chat checkpoint's
-    engine may pick the chat ids and ends a reply at <|end|> (nanoslm.conversation)."""
+    engine may pick the chat ids, and a row ends at <|end|> (a reply's end, nanoslm.conversation) as at
+    <|endoftext|> (a story's)."""
     model, state = checkpoint.load_model(checkpoint_path, hw.device)
     enc = encoding_for(state["tokenizer"], source=checkpoint_path)
     if "chat" in state:
         chat = ChatTokens(**state["chat"])
-        return Engine(model, hw, eot=chat.end, n_vocab=chat.vocab_size), enc, state
+        return Engine(model, hw, eot=enc.eot_token, n_vocab=chat.vocab_size, end=chat.end), enc, state
     return Engine(model, hw, eot=enc.eot_token, n_vocab=enc.n_vocab), enc, state
 
 
