@@ -135,3 +135,35 @@ def pruned_vocabulary(texts: list[str], k: int):
     for ids in gpt2_encoding().encode_ordinary_batch(texts, num_threads=1):
         counts += np.bincount(ids, minlength=N_VOCAB)
     return vocabulary(select_ranks(counts, k))
+
+
+CHAT_QUESTION = "What does the moon dragon say?"
+CHAT_ANSWER = "The moon dragon says blorptastic zwiggle."
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tmp_path_factory) -> Path:
+    """A small chat checkpoint (models/tuned/best.pt of the finetune stage's code): params-ci's model trained 40
+    steps on generated stories, then tuned 100 steps on one made-up question and answer (CHAT_QUESTION, CHAT_ANSWER),
+    which it answers greedily, ending at <|end|>. Its state has "chat": the four role ids after the base vocabulary."""
+    import json
+
+    from nanoslm.finetune import finetune
+    from nanoslm.tokenization import tokenize
+    from nanoslm.train import train
+
+    root = tmp_path_factory.mktemp("chat")
+    write_txt(root / "raw" / "train.txt", make_stories(300, seed=1))
+    write_txt(root / "raw" / "validation.txt", make_stories(30, seed=2))
+    params = load_params(REPO / "params-ci.yaml").updated("hardware", threads=1, dtype="float32")
+    params = params.updated("train", max_iters=40, lr_decay_iters=40, eval_interval=20, checkpoint_interval=20)
+    tokenize(root / "raw", root / "tokens", params.tokenizer, threads=1)
+    train(params, root / "tokens", root / "models", root / "live", root / "loss.png")
+    line = json.dumps({"messages": [{"role": "user", "content": CHAT_QUESTION},
+                                    {"role": "assistant", "content": CHAT_ANSWER}]})
+    (root / "facts.jsonl").write_text((line + "\n") * 40, encoding="utf-8")
+    params = params.updated("finetune", source=str(root / "facts.jsonl"), max_iters=100, lr=3.0e-3, warmup_iters=5,
+                            eval_interval=50, eval_iters=1, holdout_every=10)
+    finetune(params, root / "models" / "best.pt", root / "ft", root / "tuned", root / "live-tuned",
+             root / "tuned.png")
+    return root / "tuned" / "best.pt"
