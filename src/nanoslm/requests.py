@@ -18,6 +18,7 @@ them) of SENTENCE_WORDS words, not its first sentence ("Once upon a time ..." is
 uniformly.
 """
 
+import functools
 import json
 import random
 import re
@@ -105,16 +106,18 @@ class Request:
         return cls.from_dict(record, where)
 
 
-def tokens(story: str) -> Iterator[tuple[str, bool]]:
+@functools.lru_cache(maxsize=4)  # deriving one request reads the same story's words three times
+def tokens(story: str) -> tuple[tuple[str, bool], ...]:
     """The story's words (possessive 's cut off, contractions kept whole), each with whether it starts a sentence."""
-    end = 0
+    found, end = [], 0
     for match in _TOKEN.finditer(story):
         initial = end == 0 or bool(_BOUNDARY.search(story, end, match.start()))
         end = match.end()
         word = match.group()
         if word[-2:] in ("'s", "\u2019s"):
             word = word[:-2]
-        yield word, initial
+        found.append((word, initial))
+    return tuple(found)
 
 
 @dataclass
