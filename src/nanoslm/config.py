@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from . import sampling
+from .conversation import MARKERS
 from .errors import UserError
 from .gpt2 import MIN_VOCAB, N_VOCAB
 from .sections import ConfigError, Section, build
@@ -148,6 +149,17 @@ class FinetuneConfig(Section):
 
 
 @dataclass(frozen=True)
+class RequestsConfig(Section):
+    SECTION = "requests"
+    mix: float  # share of train stories pre-trained as a conversation: a request derived from the story, then it
+
+    def validate(self):
+        if not 0 <= self.mix <= 1:
+            self._fail("mix", f"must be between 0 (plain stories only) and 1 (a request before every story), "
+                              f"got {self.mix}")
+
+
+@dataclass(frozen=True)
 class InstructConfig(Section):
     SECTION = "instruct"
     requests: int  # held-out requests scored (the first N of data/requests/validation.jsonl)
@@ -228,6 +240,7 @@ class HardwareConfig(Section):
 class Params:
     data: DataConfig
     tokenizer: TokenizerConfig
+    requests: RequestsConfig
     model: GPTConfig
     train: TrainConfig
     finetune: FinetuneConfig
@@ -238,10 +251,12 @@ class Params:
 
     def __post_init__(self):
         """Checks that span sections."""
-        if self.model.vocab_size < self.tokenizer.vocab_size:
+        chat_ids = len(MARKERS) if self.requests.mix > 0 else 0  # conversations add the role ids after the tokenizer's
+        needed = self.tokenizer.vocab_size + chat_ids
+        if self.model.vocab_size < needed:
+            plus = f" + the {chat_ids} chat ids of requests.mix > 0" if chat_ids else ""
             raise ConfigError("model.vocab_size", f"({self.model.vocab_size}) must be at least tokenizer.vocab_size "
-                                                  f"({self.tokenizer.vocab_size}); set it to "
-                                                  f"{self.tokenizer.vocab_size}")
+                                                  f"({self.tokenizer.vocab_size}){plus}; set it to {needed}")
         self.sample.check(self.model.vocab_size)
         accum, procs = self.train.grad_accum_steps, self.hardware.nproc_per_node
         if accum % procs:

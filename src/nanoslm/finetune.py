@@ -29,8 +29,6 @@ from .train import train
 def finetune(params: Params, base_path, data_dir, models_dir, live_dir, plot_path) -> dict:
     """Render params.finetune.source into data_dir, then tune base_path's model on it into models_dir."""
     base = checkpoint.load(base_path)
-    if "chat" in base:
-        raise UserError(f"{base_path}: already tuned for chat; fine-tune a base checkpoint (models/best.pt)")
     meta = prepare(params.finetune.source, base, Path(data_dir), params.finetune.holdout_every,
                    base["model_config"]["block_size"])
     vocab_size = max(base["model_config"]["vocab_size"], meta["chat"]["end"] + 1 if meta["chat"] else 0)
@@ -56,12 +54,13 @@ def tuned_params(params: Params, base: dict, vocab_size: int) -> Params:
 def prepare(source, base: dict, out_dir: Path, holdout_every: int, block_size: int) -> dict:
     """Write out_dir/{train,validation}.bin, their .learn.bin masks and meta.json from the source; its meta."""
     enc = encoding_for(base["tokenizer"], source="the base checkpoint")
-    if str(source).endswith(".jsonl"):
-        chat = ChatTokens.after(enc.n_vocab)
+    is_chat = str(source).endswith(".jsonl")
+    if is_chat:
+        chat = ChatTokens.after(enc.n_vocab)  # a chat base (pre-trained with requests) has these same ids
         pieces = [(*render(c, enc, chat), sum(len(m["content"].encode()) for m in c if m["role"] == "assistant"))
                   for c in read_jsonl(source, enc, chat, block_size)]
     elif Path(source).is_file():
-        chat = None
+        chat = ChatTokens(**base["chat"]) if "chat" in base else None  # plain text keeps a chat model's role ids
         pieces = []
         for story in iter_txt_stories(source):
             ids = enc.encode_ordinary(story) + [enc.eot_token]  # as the tokenize stage: each story, then EOT
@@ -80,7 +79,7 @@ def prepare(source, base: dict, out_dir: Path, holdout_every: int, block_size: i
             raise UserError(f"{source}: its {name} part ({len(part)} conversations or stories held "
                             f"{'out' if name == 'validation' else 'in'}) is {tokens} tokens, fewer than one window of "
                             f"the model's context ({block_size + 1}); give more text or lower finetune.holdout_every")
-    lead = [] if chat else [enc.eot_token]  # a conversation opens with its own EOT; plain text's first story not
+    lead = [] if is_chat else [enc.eot_token]  # a conversation opens with its own EOT; plain text's first story not
     splits = {name: _write_split(out_dir, name, part, lead) for name, part in (("train", kept), ("validation", held))}
     meta = {"format_version": FORMAT_VERSION, "tokenizer": base["tokenizer"], "vocab_size": enc.n_vocab,
             "eot_token": enc.eot_token, "dtype": np.dtype(DTYPE).name,

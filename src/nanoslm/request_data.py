@@ -1,27 +1,33 @@
 """The requests stage: each story of data/raw paired with a request derived from it, as conversations in OpenAI's
-fine-tuning format (data/requests/{train,validation}.jsonl), the finetune stage's default source.
+fine-tuning format (data/requests/{train,validation}.jsonl: the finetune stage's default source and the instruct
+stage's requests), and the train stage's tokens (data/mixed): the train split with requests.mix of its stories
+pre-trained after their request (MixedTokens).
 
 A line is {"messages": [user: the request, assistant: the story], "request": its checkable constraints}: train
 requests from the train split (word statistics from it too), validation requests from the validation split only.
 A story whose conversation would not fit the model's context is cut after its last sentence that fits, and the
 request is derived from what is kept, so every request stays one its story satisfies; a story whose first
-sentence does not fit is left out. The counts of both are returned.
+sentence does not fit is left out. The counts of both are returned. Pre-training needs no cut (it reads windows
+of the stream), so there a story comes whole, with the request derived from all of it.
 """
 
+import dataclasses
 import json
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .conversation import ChatTokens, render
 from .requests import Request, WordStats, derive
 from .sources import SPLITS, iter_txt_stories
 from .tokenizer import encoding_for
-from .tokens import read_meta
+from .tokens import DTYPE, read_meta
 
 
 SENTENCE_END = re.compile(r"[.!?][\"\u201d]?(?=\s|$)")  # where a story may be cut: after a sentence (and its quote)
@@ -44,10 +50,12 @@ def fitted(story: str, fits, draw, story_fits) -> tuple[str, Request] | None:
     return None
 
 
-def write_requests(raw_dir, tokens_dir, out_dir, block_size: int, seed: int) -> dict:
-    """Write out_dir/{split}.jsonl for both splits; per split, the conversations written, cut and left out."""
+def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, seed: int, mix: float) -> dict:
+    """Write out_dir/{split}.jsonl for both splits, and mixed_dir's tokens (MixedTokens); per split, the
+    conversations written, cut and left out, and the train stories pre-trained with a request."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    enc = encoding_for(read_meta(tokens_dir)["tokenizer"])
+    meta = read_meta(tokens_dir)
+    enc = encoding_for(meta["tokenizer"])
     chat = ChatTokens.after(enc.n_vocab)
     stats = WordStats.from_stories(iter_txt_stories(raw_dir / "train.txt"))
     counts = {}
@@ -60,21 +68,72 @@ def write_requests(raw_dir, tokens_dir, out_dir, block_size: int, seed: int) -> 
     def story_fits(story: str) -> bool:  # the conversation adds at least EOT, 4 markers and one request token
         return len(enc.encode_ordinary(story)) + 6 <= block_size + 1
 
-    for split in SPLITS:
-        written = cut = left_out = 0
-        with atomic_path(out_dir / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
-            stories = iter_txt_stories(raw_dir / f"{split}.txt")
-            for i, story in enumerate(tqdm(stories, desc=f"requests {split}", unit=" stories", file=sys.stderr)):
-                # story i draws from random.Random(f"{seed}:{i}"), as requests.derive_all does
-                found = fitted(story, fits, lambda text: derive(text, stats, random.Random(f"{seed}:{i}")),  # noqa: B023
-                               story_fits)
-                if found is None:
-                    left_out += 1
-                    continue
-                text, request = found
-                cut += text != story
-                record = {"messages": conversation(request, text), "request": request.to_dict()}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                written += 1
-        counts[split] = {"conversations": written, "cut": cut, "left_out": left_out}
+    mixed_dir = Path(mixed_dir)
+    with atomic_path(mixed_dir / "train.bin") as mixed_tmp, open(mixed_tmp, "wb") as mixed_file:
+        mixed = MixedTokens(mixed_file, enc, chat if mix > 0 else None)
+        for split in SPLITS:
+            written = cut = left_out = 0
+            with atomic_path(out_dir / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
+                stories = iter_txt_stories(raw_dir / f"{split}.txt")
+                for i, story in enumerate(tqdm(stories, desc=f"requests {split}", unit=" stories", file=sys.stderr)):
+                    def draw(text: str, i=i) -> Request:  # story i draws from random.Random(f"{seed}:{i}"), as
+                        return derive(text, stats, random.Random(f"{seed}:{i}"))  # requests.derive_all does
+                    found = fitted(story, fits, draw, story_fits)
+                    if split == "train":  # pre-training sees the whole story, so a request derived from all of it
+                        mixes = random.Random(f"{seed}:mix:{i}").random() < mix
+                        mixed.add(story, (found[1] if found and found[0] == story else draw(story)) if mixes else None)
+                    if found is None:
+                        left_out += 1
+                        continue
+                    text, request = found
+                    cut += text != story
+                    record = {"messages": conversation(request, text), "request": request.to_dict()}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    written += 1
+            counts[split] = {"conversations": written, "cut": cut, "left_out": left_out}
+        mixed.flush()
+    mixed.finish(mixed_dir, tokens_dir, meta)
+    counts["train"]["mixed"] = mixed.conversations
     return counts
+
+
+class MixedTokens:
+    """The train stage's tokens: the train split as the tokenize stage wrote it (EOT, then each story and EOT),
+    except that a story given a request is written as a conversation (<|user|> request <|end|> <|assistant|> story
+    <|end|>, then EOT: what conversation.render makes after its EOT); the validation split copied as it is (plain
+    stories: validation loss stays comparable). With chat None (requests.mix 0) the train split is the tokenize
+    stage's, byte for byte, and meta.json has no chat ids."""
+
+    FLUSH = 4096  # stories per write: memory stays flat on the hub's 2M-story train split
+
+    def __init__(self, file, enc, chat: ChatTokens | None):
+        self.file, self.enc, self.chat = file, enc, chat
+        self.ids, self.stories, self.tokens, self.bytes, self.conversations = [enc.eot_token], 0, 0, 0, 0
+
+    def add(self, story: str, request: Request | None) -> None:
+        """Append a story, after its request where it has one."""
+        body = self.enc.encode_ordinary(story)
+        if request is not None:
+            chat = self.chat
+            self.ids += [chat.user, *self.enc.encode_ordinary(request.text), chat.end, chat.assistant, *body, chat.end]
+            self.conversations += 1
+        else:
+            self.ids += body
+        self.ids.append(self.enc.eot_token)
+        self.stories += 1
+        self.bytes += len(story.encode("utf-8"))
+        if self.stories % self.FLUSH == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        np.asarray(self.ids, dtype=DTYPE).tofile(self.file)
+        self.tokens += len(self.ids)
+        self.ids = []
+
+    def finish(self, out_dir: Path, tokens_dir, meta: dict) -> None:
+        """Copy the validation split and write meta.json (the chat ids where conversations were written)."""
+        with atomic_path(out_dir / "validation.bin") as tmp:
+            shutil.copyfile(Path(tokens_dir) / "validation.bin", tmp)
+        train = {"stories": self.stories, "tokens": self.tokens, "bytes": self.bytes}
+        write_json(out_dir / "meta.json", {**meta, "chat": dataclasses.asdict(self.chat) if self.chat else None,
+                                           "splits": {**meta["splits"], "train": train}})
