@@ -109,13 +109,19 @@ def test_too_little_held_out_text_is_refused_with_the_fix(tmp_path, base):
         finetune(params, base, tmp_path / "data", tmp_path / "tuned", tmp_path / "live", tmp_path / "loss.png")
 
 
-def test_a_tuned_checkpoint_is_not_a_base_to_tune_again(tmp_path, base):
+@pytest.mark.parametrize("again", ["jsonl", "txt"])
+def test_a_chat_checkpoint_tunes_again_keeping_its_role_ids(tmp_path, base, again):
+    """A chat base (tuned, or pre-trained with requests mixed in) keeps its four role ids and its vocabulary when
+    tuned again, on conversations or on plain text."""
     params = base_params().updated("finetune", source=str(facts_jsonl(tmp_path / "facts.jsonl")), max_iters=4,
                                    warmup_iters=1, eval_interval=2, eval_iters=1, holdout_every=10)
     finetune(params, base, tmp_path / "data", tmp_path / "tuned", tmp_path / "live", tmp_path / "loss.png")
-    with pytest.raises(UserError, match="already tuned for chat"):
-        finetune(params, tmp_path / "tuned" / "best.pt", tmp_path / "d2", tmp_path / "t2", tmp_path / "l2",
-                 tmp_path / "p2.png")
+    first = checkpoint.load(tmp_path / "tuned" / "best.pt")
+    source = tmp_path / "facts.jsonl" if again == "jsonl" else write_txt(tmp_path / "more.txt", make_stories(40, 5))
+    finetune(params.updated("finetune", source=str(source)), tmp_path / "tuned" / "best.pt", tmp_path / "d2",
+             tmp_path / "t2", tmp_path / "l2", tmp_path / "p2.png")
+    second = checkpoint.load(tmp_path / "t2" / "best.pt")
+    assert second["chat"] == first["chat"] and second["model_config"] == first["model_config"]
 
 
 def run_finetune_stage(cwd: Path, base: Path, fault: str | None = None):

@@ -1,7 +1,9 @@
 """The requests stage: every story becomes a conversation that fits the context and whose request it satisfies."""
 
 import json
+import random
 
+import numpy as np
 import pytest
 
 from conftest import make_stories, write_txt
@@ -9,7 +11,8 @@ from nanoslm.config import TokenizerConfig
 from nanoslm.conversation import ChatTokens, read_jsonl
 from nanoslm.follow import score
 from nanoslm.request_data import write_requests
-from nanoslm.requests import Request
+from nanoslm.requests import Request, WordStats, derive
+from nanoslm.sources import iter_txt_stories
 from nanoslm.tokenization import tokenize
 from nanoslm.tokenizer import gpt2_encoding
 
@@ -28,7 +31,7 @@ def test_each_conversation_fits_and_its_story_meets_its_request(tmp_path, raw_an
     """A short context cuts stories at a sentence end and derives the request from what is kept, never dropping a
     requirement the kept story does not meet; a long one keeps them whole."""
     raw, tokens = raw_and_tokens
-    counts = write_requests(raw, tokens, tmp_path / "requests", block_size, seed=7)
+    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", block_size, seed=7, mix=0.5)
     enc = gpt2_encoding()
     for split, n in (("train", 120), ("validation", 20)):
         path = tmp_path / "requests" / f"{split}.jsonl"
@@ -45,6 +48,52 @@ def test_each_conversation_fits_and_its_story_meets_its_request(tmp_path, raw_an
 
 def test_the_same_seed_writes_the_same_requests(tmp_path, raw_and_tokens):
     raw, tokens = raw_and_tokens
-    write_requests(raw, tokens, tmp_path / "a", 256, seed=3)
-    write_requests(raw, tokens, tmp_path / "b", 256, seed=3)
-    assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()
+    for name in "ab":
+        write_requests(raw, tokens, tmp_path / name, tmp_path / name / "mixed", 256, seed=3, mix=0.5)
+    for path in ("train.jsonl", "mixed/train.bin"):
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
+
+
+def test_without_mixing_pretraining_reads_the_tokenize_stages_tokens_byte_for_byte(tmp_path, raw_and_tokens):
+    raw, tokens = raw_and_tokens
+    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", 256, seed=7, mix=0.0)
+    assert counts["train"]["mixed"] == 0
+    for name in ("train.bin", "validation.bin"):
+        assert (tmp_path / "mixed" / name).read_bytes() == (tokens / name).read_bytes()
+    meta, plain = (json.loads((d / "meta.json").read_text()) for d in (tmp_path / "mixed", tokens))
+    assert meta["chat"] is None and meta["splits"] == plain["splits"]
+
+
+@pytest.mark.parametrize("mix", [0.5, 1.0])
+def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_tokens, mix):
+    """The train stream holds every train story in order, whole; `mix` of them after the request derived from the
+    whole story, marked as conversation.render marks a user turn and the assistant's answer."""
+    raw, tokens = raw_and_tokens
+    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", 32, seed=7, mix=mix)
+    enc = gpt2_encoding()
+    chat = ChatTokens.after(enc.n_vocab)
+    meta = json.loads((tmp_path / "mixed" / "meta.json").read_text())
+    assert meta["chat"] == {"system": chat.system, "user": chat.user, "assistant": chat.assistant, "end": chat.end}
+    stream = np.fromfile(tmp_path / "mixed" / "train.bin", dtype=np.uint16).tolist()
+    assert len(stream) == meta["splits"]["train"]["tokens"] and stream[0] == enc.eot_token
+    stories = list(iter_txt_stories(raw / "train.txt"))
+    stats = WordStats.from_stories(stories)
+    pieces, at = [], 1
+    while at < len(stream):
+        end = stream.index(enc.eot_token, at)
+        pieces.append(stream[at:end])
+        at = end + 1
+    assert len(pieces) == len(stories) == meta["splits"]["train"]["stories"]
+    mixed = 0
+    for i, (piece, story) in enumerate(zip(pieces, stories)):
+        if piece[0] != chat.user:
+            assert piece == enc.encode_ordinary(story)
+            continue
+        mixed += 1
+        request = derive(story, stats, random.Random(f"7:{i}"))
+        assert piece == [chat.user, *enc.encode_ordinary(request.text), chat.end, chat.assistant,
+                         *enc.encode_ordinary(story), chat.end]
+    assert mixed == counts["train"]["mixed"]
+    assert mixed == len(stories) if mix == 1.0 else 0.3 < mixed / len(stories) < 0.7
+    assert counts["train"]["cut"] > 0  # the 32-token context cut the jsonl's stories; pre-training keeps them whole
+    assert (tmp_path / "mixed" / "validation.bin").read_bytes() == (tokens / "validation.bin").read_bytes()
