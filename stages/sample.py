@@ -1,4 +1,5 @@
-"""sample: continue the prompts in params.yaml with the best checkpoint; write them as Markdown."""
+"""sample: continue the prompts in params.yaml with the best checkpoint, answer its requests (a chat checkpoint);
+write them as Markdown."""
 
 import sys
 
@@ -13,4 +14,4 @@ if __name__ == "__main__":
         params = load_params()
         checkpoint.require_config(checkpoint_path, params.model)
         for s in write_samples(checkpoint_path, params.sample, hardware.setup(params.hardware), out_path):
-            print(f"{s['prompt']}{s['text']}\n")
+            print(f"{s['prompt']}{s['text']}\n" if "prompt" in s else f"[{s['request']}]\n{s['text'].strip()}\n")

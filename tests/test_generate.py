@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import CHAT_ANSWER, CHAT_QUESTION
 from nanoslm import checkpoint
 from nanoslm.config import GPTConfig, SampleConfig
 from nanoslm.engine import Engine, Sampling, generators
@@ -72,7 +73,8 @@ def ckpt(tmp_path):
 
 
 def sample_cfg(prompts=PROMPTS, **kw):
-    values = dict(prompts=list(prompts), max_new_tokens=8, temperature=0.8, top_k=200, top_p=1.0, seed=1337)
+    values = dict(prompts=list(prompts), requests=[], max_new_tokens=8, temperature=0.8, top_k=200, top_p=1.0,
+                  seed=1337)
     return SampleConfig(**{**values, **kw})
 
 
@@ -108,3 +110,16 @@ def test_write_samples(ckpt, tmp_path):
         assert f"**{s['prompt']}**{s['text']}" in text
     assert [s["prompt"] for s in samples] == PROMPTS
     assert sorted(p.name for p in out.parent.iterdir()) == ["samples.md"]  # no temp file left
+
+
+def test_a_chat_checkpoint_answers_the_sample_requests_and_a_base_one_says_it_cannot(chat_checkpoint, ckpt, tmp_path):
+    """sample.requests go to a chat checkpoint as conversations: the tuned fixture gives its learned answer."""
+    cfg = sample_cfg(requests=[CHAT_QUESTION], temperature=0.0, max_new_tokens=30)
+    out = tmp_path / "chat.md"
+    samples = write_samples(chat_checkpoint, cfg, CPU, out)
+    assert [s.get("prompt") for s in samples[:-1]] == PROMPTS and samples[-1] == {"request": CHAT_QUESTION,
+                                                                                   "text": CHAT_ANSWER}
+    assert f"## Request: {CHAT_QUESTION}\n\n{CHAT_ANSWER}\n" in out.read_text(encoding="utf-8")
+    base = write_samples(ckpt, cfg, CPU, tmp_path / "base.md")
+    assert all("request" not in s for s in base)
+    assert "not trained on conversations" in (tmp_path / "base.md").read_text(encoding="utf-8")

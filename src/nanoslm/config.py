@@ -208,9 +208,11 @@ class Sampling(Section):
 
 @dataclass(frozen=True)
 class SampleConfig(Sampling):
-    """The sample stage: Sampling's settings, plus the prompts and the seed of the first prompt."""
+    """The sample stage: Sampling's settings, plus the prompts, the requests a chat model answers, and the seed of
+    the first of each."""
 
     prompts: typing.List[str] = field(kw_only=True)
+    requests: typing.List[str] = field(kw_only=True)
     seed: int = field(kw_only=True)
 
     def validate(self):

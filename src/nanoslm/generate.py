@@ -12,7 +12,7 @@ from tqdm import tqdm
 from . import checkpoint, hardware
 from .atomic import write_text
 from .config import SampleConfig, Sampling
-from .conversation import ChatTokens
+from .conversation import ChatTokens, decode, render
 from .engine import Engine, collect, generators
 from .tokenizer import encoding_for
 
@@ -30,20 +30,29 @@ def load_engine(checkpoint_path, hw: hardware.Hardware) -> tuple[Engine, tiktoke
 
 
 def sample_prompts(checkpoint_path, cfg: SampleConfig, hw: hardware.Hardware) -> tuple[list[dict], dict]:
-    """One continuation per prompt, and the checkpoint's metadata.
+    """One continuation per prompt, then (from a chat checkpoint) one answer per request, and the checkpoint's
+    metadata.
 
-    All prompts run as one batch; prompt i samples with seed cfg.seed + i, so adding a prompt changes no
-    other sample.
+    The prompts run as one batch, the requests as another; prompt (or request) i samples with seed cfg.seed + i,
+    so adding one changes no other sample. A checkpoint that knows no conversations answers no request.
     """
     engine, enc, state = load_engine(checkpoint_path, hw)
-    prompts = [enc.encode_ordinary(p) for p in cfg.prompts]
-    steps = engine.stream(prompts, cfg, generators(cfg.seed, len(prompts)))  # a SampleConfig is a Sampling
-    new = collect(tqdm(steps, desc="sample", unit="token", total=cfg.max_new_tokens, file=sys.stderr), len(prompts))
-    return [{"prompt": p, "text": enc.decode(ids)} for p, ids in zip(cfg.prompts, new)], state
+    chat = ChatTokens(**state["chat"]) if "chat" in state else None
+    batches = [("prompt", cfg.prompts, [enc.encode_ordinary(p) for p in cfg.prompts])]
+    if chat and cfg.requests:
+        asked = [render([{"role": "user", "content": r}], enc, chat, reply=True)[0] for r in cfg.requests]
+        batches.append(("request", cfg.requests, asked))
+    samples = []
+    for kind, texts, prompts in batches:
+        steps = engine.stream(prompts, cfg, generators(cfg.seed, len(prompts)))  # a SampleConfig is a Sampling
+        bar = tqdm(steps, desc=f"sample {kind}s", unit="token", total=cfg.max_new_tokens, file=sys.stderr)
+        new = collect(bar, len(prompts))
+        samples += [{kind: t, "text": decode(ids, enc, chat) if chat else enc.decode(ids)} for t, ids in zip(texts, new)]
+    return samples, state
 
 
 def write_samples(checkpoint_path, cfg: SampleConfig, hw: hardware.Hardware, out_path) -> list[dict]:
-    """Sample every prompt and write them as Markdown (git-tracked, so experiments can be diffed)."""
+    """Sample every prompt (and request) and write them as Markdown (git-tracked, so experiments can be diffed)."""
     samples, state = sample_prompts(checkpoint_path, cfg, hw)
     top_k = "off" if cfg.top_k is None else cfg.top_k
     top_p = "off" if cfg.top_p == 1 else cfg.top_p
@@ -55,7 +64,12 @@ def write_samples(checkpoint_path, cfg: SampleConfig, hw: hardware.Hardware, out
         f"at most {cfg.max_new_tokens} new tokens.",
     ]
     for s in samples:
-        lines += ["", f"## {s['prompt']}", "", f"**{s['prompt']}**{s['text']}"]
+        if "prompt" in s:
+            lines += ["", f"## {s['prompt']}", "", f"**{s['prompt']}**{s['text']}"]
+        else:
+            lines += ["", f"## Request: {s['request']}", "", s["text"].strip()]
+    if cfg.requests and "chat" not in state:
+        lines += ["", "(No answers to sample.requests: this checkpoint was not trained on conversations.)"]
     write_text(out_path, "\n".join(lines) + "\n")
     return samples
 
