@@ -256,7 +256,8 @@ def _model_card(model: GPT, state: dict, checkpoint_path, chat) -> str:
         title, use = "story model", """ids = tok("Once upon a time", return_tensors="pt").input_ids
 print(tok.decode(model.generate(ids, max_new_tokens=100, do_sample=True, top_k=200)[0]))"""
     else:
-        title, use = "chat story model (tuned on requests)", """messages = [{"role": "user", "content": "a story about a dog who finds a red ball"}]
+        title, use = "chat story model (tuned on requests)", """\
+messages = [{"role": "user", "content": "a story about a dog who finds a red ball"}]
 ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=False)
 reply = model.generate(ids, max_new_tokens=150, do_sample=True, top_k=200)[0, ids.shape[1]:]
 print(tok.decode(reply, skip_special_tokens=True))  # generation stops at <|end|>"""
