@@ -218,7 +218,7 @@ def test_chat_template_gives_nanoslms_ids(chat_export):
     _, _, tok, enc, chat = chat_export
     for text, i in zip(MARKERS.values(), (chat.system, chat.user, chat.assistant, chat.end)):
         assert tok.convert_tokens_to_ids(text) == i and tok.decode([i]) == text
-        assert tok.added_tokens_decoder[i].special
+        assert tok.added_tokens_decoder[i].special and i in tok.all_special_ids
     assert tok.eos_token_id == chat.end and tok.bos_token_id == enc.eot_token and len(tok) == chat.vocab_size
     for messages in CONVERSATIONS:
         for reply in (True, False):

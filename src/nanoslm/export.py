@@ -182,7 +182,10 @@ def _write_tokenizer(folder: Path, block_size: int, value: tokenizer.Vocabulary,
         special["eos_token"] = MARKERS["end"]  # what ends a reply, as chat models' tokenizers say
         markers = chat.texts()
         added.update({i: {**added[eot], "content": text, "normalized": False} for i, text in sorted(markers.items())})
-        chat_config = {"extra_special_tokens": [markers[i] for i in sorted(markers)], "chat_template": CHAT_TEMPLATE}
+        # "additional_special_tokens": the key transformers 4 and 5 both read (5's own "extra_special_tokens" is
+        # a dict of named tokens in 4)
+        chat_config = {"additional_special_tokens": [markers[i] for i in sorted(markers)],
+                       "chat_template": CHAT_TEMPLATE}
     _write_json(folder / "special_tokens_map.json", special)
     _write_json(folder / "tokenizer_config.json", {
         "tokenizer_class": "GPT2Tokenizer", **special, "add_prefix_space": False, "add_bos_token": False,
