@@ -74,14 +74,15 @@ def feed(monkeypatch, text):
 
 def test_chat_continues_lines_and_changes_settings(ckpt, monkeypatch, capsys):
     feed(monkeypatch, "Once upon a time\n/temp 0.5\n/topk 10\nThe dog\n/topp 0.9\n/max 4\n/settings\n"
-                      "/temp -1\n/topk x\n/what\n\n")
+                      "/temp -1\n/topk x\n/what\n/new\n\n")
     main(["chat", "--checkpoint", str(ckpt), "--seed", "11", "--max-new-tokens", "8", *HW_ARGS])  # EOF: returns
     out = capsys.readouterr().out
     generator = torch.Generator().manual_seed(11)  # one generator runs on through the session
     first = expected(ckpt, "Once upon a time", Sampling(8, 0.8, 200), generator)
     second = expected(ckpt, "The dog", Sampling(8, 0.5, 10), generator)
     third = expected(ckpt, "", Sampling(4, 0.5, 10, 0.9), generator)  # an empty line: a story from scratch
-    assert out.startswith("Nano-SLM story chat (temperature 0.8, top-k 200, top-p 1.0, at most 8 new tokens, seed 11)")
+    assert out.startswith("Nano-SLM story chat, story continuation mode (temperature 0.8, top-k 200, top-p 1.0, "
+                          "at most 8 new tokens, seed 11)")  # a base checkpoint: no requests, no conversation
     assert f"> {first}\n\n" in out
     assert "temperature 0.5, top-k 200," in out and "temperature 0.5, top-k 10," in out
     assert f"> {second}\n\n" in out
@@ -89,6 +90,7 @@ def test_chat_continues_lines_and_changes_settings(ckpt, monkeypatch, capsys):
     assert "error: /temp must be from 0 (greedy) to 2, got -1.0\n" in out
     assert "error: /topk needs a number or off, got 'x'\n" in out
     assert "error: unknown command /what; /help lists them\n" in out
+    assert "error: /new is for a checkpoint tuned on conversations; this one continues stories\n" in out
     assert out.endswith(f"> {third}\n\n> \n")  # the last prompt, then end of input: a clean exit
 
 

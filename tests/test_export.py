@@ -1,5 +1,6 @@
 """Export to Hugging Face transformers: the same logits, the same greedy tokens, the same token ids."""
 
+import io
 import json
 import os
 from pathlib import Path
@@ -15,15 +16,17 @@ pytest.importorskip("safetensors")
 from nanoslm import checkpoint  # noqa: E402
 from nanoslm.cli import main  # noqa: E402
 from nanoslm.config import GPTConfig  # noqa: E402
+from nanoslm.conversation import MARKERS, ChatTokens, render  # noqa: E402
 from nanoslm.engine import Engine, Sampling, generators  # noqa: E402
 from nanoslm.errors import UserError  # noqa: E402
 from nanoslm.export import export, gpt2_config, gpt2_weights  # noqa: E402
+from nanoslm.generate import load_engine  # noqa: E402
 from nanoslm.hardware import Hardware  # noqa: E402
 from nanoslm.model import GPT  # noqa: E402
 from nanoslm.sources import iter_txt_stories  # noqa: E402
 from nanoslm.tokenizer import N_VOCAB, encoding_for, get_encoding  # noqa: E402
 
-from conftest import make_stories, pruned_vocabulary  # noqa: E402
+from conftest import CHAT_ANSWER, CHAT_QUESTION, make_stories, pruned_vocabulary  # noqa: E402
 
 CPU = Hardware(torch.device("cpu"), torch.float32)
 ENC = get_encoding("gpt2")
@@ -185,3 +188,76 @@ def test_cli_export(tmp_path, capsys):
     main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "hf")])
     assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'hf'}")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+# conversations a chat export must render as nanoslm.conversation.render does: system messages, several turns,
+# curly quotes, numbers, spaces and new lines at the edges, and characters outside ASCII
+CONVERSATIONS = [
+    [{"role": "user", "content": CHAT_QUESTION}],
+    [{"role": "system", "content": "You tell short, kind stories."},
+     {"role": "user", "content": "a story about a dog who finds a red ball"}],
+    [{"role": "user", "content": "Tell me about “Pip”, the fox with 3 brothers."},
+     {"role": "assistant", "content": "Pip said, \u201cI\u2019m 7 and a half!\u201d The end."},
+     {"role": "user", "content": "  And 1,000,000 stars 3.14 times\n\nover? "}],
+    [{"role": "system", "content": "Stories for ages 3\u20135 \U0001f389"},
+     {"role": "user", "content": "café"}, {"role": "assistant", "content": " naïve\tend\n"},
+     {"role": "user", "content": "again"}, {"role": "assistant", "content": "Once upon a time."}],
+]
+
+
+@pytest.fixture(scope="module")
+def chat_export(chat_checkpoint, tmp_path_factory):
+    """(the chat checkpoint, its export folder, transformers' tokenizer of it, nanoslm's encoding and chat ids)."""
+    out = export(chat_checkpoint, tmp_path_factory.mktemp("chat") / "hf")
+    state = checkpoint.load(chat_checkpoint)
+    return chat_checkpoint, out, transformers.AutoTokenizer.from_pretrained(out), encoding_for(
+        state["tokenizer"]), ChatTokens(**state["chat"])
+
+
+def test_chat_template_gives_nanoslms_ids(chat_export):
+    _, _, tok, enc, chat = chat_export
+    for text, i in zip(MARKERS.values(), (chat.system, chat.user, chat.assistant, chat.end)):
+        assert tok.convert_tokens_to_ids(text) == i and tok.decode([i]) == text
+        assert tok.added_tokens_decoder[i].special and i in tok.all_special_ids
+    assert tok.eos_token_id == chat.end and tok.bos_token_id == enc.eot_token and len(tok) == chat.vocab_size
+    for messages in CONVERSATIONS:
+        for reply in (True, False):
+            theirs = tok.apply_chat_template(messages, add_generation_prompt=reply, return_dict=False)
+            assert theirs == render(messages, enc, chat, reply=reply)[0], (messages, reply)
+    with pytest.raises(Exception, match="unknown role bot; use one of system, user, assistant"):
+        tok.apply_chat_template([{"role": "bot", "content": "hi"}])
+
+
+def test_a_marker_typed_in_a_message_is_a_special_token_to_transformers(chat_export):
+    """transformers reads the markers' text anywhere in the rendered prompt; nanoslm never makes a marker from text
+    (docs/serve-and-export.md says so)."""
+    _, _, tok, enc, chat = chat_export
+    messages = [{"role": "user", "content": "say <|end|> please"}]
+    assert chat.end in tok.apply_chat_template(messages, return_dict=False)[2:-1]
+    assert chat.end not in render(messages, enc, chat)[0][2:-1]
+
+
+def test_chat_greedy_generation_is_nanoslm_chats_reply(chat_export, capsys):
+    """transformers' greedy reply (generate stops at <|end|>) is the engine's, token for token, and `nanoslm chat
+    --temperature 0` prints it, in a first and a later turn."""
+    path, out, tok, enc, chat = chat_export
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    engine = load_engine(path, CPU)[0]
+    system = {"role": "system", "content": "You tell stories."}
+    ask, answer = {"role": "user", "content": CHAT_QUESTION}, {"role": "assistant", "content": CHAT_ANSWER}
+    for messages in ([ask], [system, ask, answer, ask]):
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=False)
+        n = engine.block_size - prompt.shape[1]  # transformers' GPT-2 cannot go past n_positions
+        with torch.no_grad():
+            theirs = hf.generate(prompt, max_new_tokens=n, do_sample=False, pad_token_id=enc.eot_token)
+        theirs = theirs[0, prompt.shape[1]:].tolist()
+        assert theirs[-1] == chat.end  # it stopped at the reply's end, before its token budget
+        (ours,) = engine.generate([prompt[0].tolist()], Sampling(n, 0.0, None), generators(0, 1))
+        assert theirs[:-1] == ours and enc.decode(ours) == CHAT_ANSWER
+    lines = "\n".join(["/system You tell stories.", CHAT_QUESTION, CHAT_QUESTION]) + "\n"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", io.StringIO(lines))
+        main(["chat", "--checkpoint", str(path), "--temperature", "0", "--max-new-tokens", "12", "--device", "cpu",
+              "--dtype", "float32", "--threads", "1"])
+    assert capsys.readouterr().out.endswith(f"> {tok.decode(theirs[:-1])}\n\n> \n")

@@ -13,6 +13,7 @@ import torch
 from nanoslm import checkpoint, gguf_export
 from nanoslm.cli import main
 from nanoslm.config import GPTConfig, Sampling
+from nanoslm.conversation import MARKERS, ChatTokens, render
 from nanoslm.errors import UserError
 from nanoslm.generate import load_engine
 from nanoslm.gguf_export import export_gguf
@@ -21,7 +22,7 @@ from nanoslm.model import GPT
 from nanoslm.sources import iter_txt_stories
 from nanoslm.tokenizer import N_VOCAB, encoding_for
 
-from conftest import REPO, make_stories, pruned_vocabulary
+from conftest import CHAT_ANSWER, CHAT_QUESTION, REPO, make_stories, pruned_vocabulary
 
 try:
     import llama_cpp
@@ -295,3 +296,59 @@ def test_cli_export_writes_the_gguf_beside_the_folder(tmp_path, capsys):
     main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "hf"), "--gguf",
           str(tmp_path / "q.gguf"), "--gguf-type", "q8_0"])
     assert (tmp_path / "q.gguf").stat().st_size < (tmp_path / "model.gguf").stat().st_size
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": CHAT_QUESTION}],
+    [{"role": "system", "content": "You tell short, kind stories."},
+     {"role": "user", "content": "Tell me about \u201cPip\u201d, the fox with 3 brothers."},
+     {"role": "assistant", "content": "Pip said, \u201cI\u2019m 7 and a half!\u201d The end."},
+     {"role": "user", "content": "  And 1,000,000 stars 3.14 times\n\nover? "}],
+]
+
+
+@pytest.fixture(scope="module")
+def chat_gguf(chat_checkpoint, tmp_path_factory):
+    """(the chat checkpoint, its f32 GGUF file, nanoslm's encoding and chat ids)."""
+    path = export_gguf(chat_checkpoint, tmp_path_factory.mktemp("chat") / "chat.gguf", "f32")
+    state = checkpoint.load(chat_checkpoint)
+    return chat_checkpoint, path, encoding_for(state["tokenizer"]), ChatTokens(**state["chat"])
+
+
+def template_prompt(llm, messages) -> str:
+    """The file's chat template rendered as llama-cpp-python's create_chat_completion renders it."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token="", bos_token="")
+    return template(messages=messages).prompt
+
+
+def test_llama_cpp_reads_a_conversation_as_nanoslm_renders_it(chat_gguf):
+    _, path, enc, chat = chat_gguf
+    llm = load(path, vocab_only=True)
+    for messages in CONVERSATIONS:
+        prompt = template_prompt(llm, messages).encode()
+        assert llm.tokenize(prompt, add_bos=False, special=True) == render(messages, enc, chat, reply=True)[0]
+    for text, i in zip(MARKERS.values(), (chat.system, chat.user, chat.assistant, chat.end)):
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == [i]  # the markers, where special tokens
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == enc.encode_ordinary(text)  # are parsed
+    meta = llm.metadata
+    assert meta["tokenizer.ggml.eos_token_id"] == meta["tokenizer.ggml.eot_token_id"] == str(chat.end)
+    assert llm.n_vocab() == chat.vocab_size and llm.token_bos() == enc.eot_token
+
+
+def test_llama_cpp_greedy_reply_is_the_engines(chat_gguf):
+    """llama.cpp's greedy tokens are the engine's and end at <|end|>; create_chat_completion, on the file's own
+    template, stops there and answers as `nanoslm chat --temperature 0` does."""
+    path, gguf_path, enc, chat = chat_gguf
+    llm = load(gguf_path)
+    for messages in (CONVERSATIONS[0], [*CONVERSATIONS[0], {"role": "assistant", "content": CHAT_ANSWER},
+                                        *CONVERSATIONS[0]]):
+        prompt = render(messages, enc, chat, reply=True)[0]
+        n = BLOCK - len(prompt)
+        ours = greedy_ours(path, prompt, n)
+        assert enc.decode(ours) == CHAT_ANSWER
+        assert greedy_llama_cpp(llm, prompt, n, chat.end) == ours
+        reply = llm.create_chat_completion(messages=messages, temperature=0.0, repeat_penalty=1.0, max_tokens=n)
+        assert reply["choices"][0]["message"]["content"] == CHAT_ANSWER
+        assert reply["choices"][0]["finish_reason"] == "stop"  # at the file's end of sequence, not max_tokens

@@ -128,6 +128,7 @@ def _chat(args) -> None:
     import sys
 
     from .chat import Chat
+    from .conversation import ChatTokens
     from .generate import load_engine
 
     if sys.stdin.isatty():
@@ -135,8 +136,9 @@ def _chat(args) -> None:
             import readline  # noqa: F401 - line editing and history for input()
         except ImportError:
             pass
-    engine, enc, _ = load_engine(args.checkpoint, _hardware(args))
-    Chat(engine, enc, _sampling(args), _seed(args)).run()
+    engine, enc, state = load_engine(args.checkpoint, _hardware(args))
+    chat = ChatTokens(**state["chat"]) if "chat" in state else None  # a chat checkpoint takes requests
+    Chat(engine, enc, _sampling(args), _seed(args), chat).run()
 
 
 def _export(args) -> None:
@@ -232,10 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=_generate)
 
     chat = commands.add_parser(
-        "chat", help="interactive story assistant: type a beginning, the model continues it",
-        description="An interactive loop: type the start of a story and the model continues it, streaming. "
-                    "Commands: /temp X, /topk N|off, /topp X, /max N, /seed N, /settings, /help, /quit. "
-                    "Ctrl-C stops a story; Ctrl-D, /quit or Ctrl-C at the prompt leaves.")
+        "chat", help="interactive story assistant: type a request (or a beginning), the model writes the story",
+        description="An interactive loop, streaming. With a chat checkpoint (finetune's models/tuned/best.pt), type "
+                    "a request (\"a story about a dog who finds a red ball\") and the model writes it; the "
+                    "conversation goes on, its oldest turns dropped once it outgrows the model's context, until "
+                    "/new; /system TEXT sets a system message. With a base checkpoint, type the start of a story "
+                    "and the model continues it. Commands: /temp X, /topk N|off, /topp X, /max N, /seed N, "
+                    "/settings, /help, /quit. Ctrl-C stops a reply; Ctrl-D, /quit or Ctrl-C at the prompt leaves.")
     _add_generation_args(chat)
     chat.set_defaults(run=_chat)
 

@@ -11,6 +11,11 @@ gives exactly nanoslm's ids (nanoslm.vocab says why). Nano-SLM's model is GPT-2'
 - `model.bias: false` drops biases: GPT-2 always has them, so they are written as zeros;
 - GELU: Nano-SLM uses the exact (erf) GELU, so config.json says "gelu", not GPT-2's tanh "gelu_new".
 A model that GPT-2 cannot express (a config key or weight it has no place for) is refused, not approximated.
+
+A chat checkpoint (finetune's, whose state has "chat") also gets its four role markers as added special tokens with
+nanoslm's ids, nanoslm.chat_template's chat template, and <|end|> as the end of generation (with <|endoftext|>), so
+that apply_chat_template and generate give what `nanoslm chat` gives. One difference is transformers' own: text in
+a message that spells a marker ("<|user|>") is read as that special token, where nanoslm keeps it plain text.
 """
 
 import dataclasses
@@ -23,6 +28,8 @@ import torch
 from safetensors.torch import save_file
 
 from . import checkpoint, gpt2, tokenizer
+from .chat_template import CHAT_TEMPLATE
+from .conversation import MARKERS, ChatTokens
 from .errors import UserError
 from .model import GPT
 
@@ -46,7 +53,10 @@ def export(checkpoint_path, out_dir) -> Path:
     """Write the checkpoint's model and tokenizer to out_dir (replacing an earlier export there)."""
     model, state, enc = load_for_export(checkpoint_path)
     value, eot = state["tokenizer"], enc.eot_token
+    chat = chat_tokens(state)
     config = gpt2_config(dataclasses.asdict(model.config), checkpoint_path, eot=eot)
+    stops = eot if chat is None else [chat.end, eot]  # a reply ends at <|end|>; a story (or a stray one) at EOT
+    config["eos_token_id"] = stops
     weights = gpt2_weights(model, checkpoint_path)
 
     out = Path(out_dir)
@@ -57,9 +67,9 @@ def export(checkpoint_path, out_dir) -> Path:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json",
-                    {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot})
-        _write_tokenizer(tmp, model.config.block_size, value)
-        (tmp / "README.md").write_text(_model_card(model, state, checkpoint_path), encoding="utf-8")
+                    {"bos_token_id": eot, "eos_token_id": stops, "pad_token_id": eot})
+        _write_tokenizer(tmp, model.config.block_size, value, chat)
+        (tmp / "README.md").write_text(_model_card(model, state, checkpoint_path, chat), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -67,6 +77,11 @@ def export(checkpoint_path, out_dir) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def chat_tokens(state: dict):
+    """A chat checkpoint's role ids (ChatTokens), or None for a base checkpoint."""
+    return ChatTokens(**state["chat"]) if "chat" in state else None
 
 
 def gpt2_config(cfg: dict, source="model", eot: int = gpt2.EOT) -> dict:
@@ -142,8 +157,9 @@ def _gpt2_shapes(vocab: int, block: int, C: int, n_layer: int) -> dict[str, tupl
     return shapes
 
 
-def _write_tokenizer(folder: Path, block_size: int, value: tokenizer.Vocabulary) -> None:
-    """GPT2Tokenizer's files: GPT-2's own BPE files (sha256-checked) for "gpt2", else the pruned vocabulary's."""
+def _write_tokenizer(folder: Path, block_size: int, value: tokenizer.Vocabulary, chat) -> None:
+    """GPT2Tokenizer's files: GPT-2's own BPE files (sha256-checked) for "gpt2", else the pruned vocabulary's; for a
+    chat checkpoint (`chat`, its ChatTokens) also its markers, right after the BPE ids, and the chat template."""
     if value == "gpt2":
         data = tokenizer.verified_data_dir()
         if data is None:
@@ -159,12 +175,22 @@ def _write_tokenizer(folder: Path, block_size: int, value: tokenizer.Vocabulary)
         (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
                                            encoding="utf-8")
     special = {"bos_token": gpt2.EOT_TEXT, "eos_token": gpt2.EOT_TEXT, "unk_token": gpt2.EOT_TEXT}
+    added = {eot: {"content": gpt2.EOT_TEXT, "lstrip": False, "normalized": True, "rstrip": False,
+                   "single_word": False, "special": True}}
+    chat_config = {}
+    if chat is not None:
+        special["eos_token"] = MARKERS["end"]  # what ends a reply, as chat models' tokenizers say
+        markers = chat.texts()
+        added.update({i: {**added[eot], "content": text, "normalized": False} for i, text in sorted(markers.items())})
+        # "additional_special_tokens": the key transformers 4 and 5 both read (5's own "extra_special_tokens" is
+        # a dict of named tokens in 4)
+        chat_config = {"additional_special_tokens": [markers[i] for i in sorted(markers)],
+                       "chat_template": CHAT_TEMPLATE}
     _write_json(folder / "special_tokens_map.json", special)
     _write_json(folder / "tokenizer_config.json", {
         "tokenizer_class": "GPT2Tokenizer", **special, "add_prefix_space": False, "add_bos_token": False,
         "errors": "replace", "model_max_length": block_size,
-        "added_tokens_decoder": {str(eot): {"content": gpt2.EOT_TEXT, "lstrip": False, "normalized": True,
-                                                      "rstrip": False, "single_word": False, "special": True}},
+        "added_tokens_decoder": {str(i): token for i, token in added.items()}, **chat_config,
     })
 
 
@@ -226,10 +252,19 @@ def _tokenizer_words(value) -> str:
     return "GPT-2's tokenizer"
 
 
-def _model_card(model: GPT, state: dict, checkpoint_path) -> str:
+def _model_card(model: GPT, state: dict, checkpoint_path, chat) -> str:
     cfg, val_loss = model.config, state.get("val_loss")
     val_loss = f"{val_loss:.4f}" if isinstance(val_loss, float) else val_loss
-    return f"""# Nano-SLM story model
+    if chat is None:
+        title, use = "story model", """ids = tok("Once upon a time", return_tensors="pt").input_ids
+print(tok.decode(model.generate(ids, max_new_tokens=100, do_sample=True, top_k=200)[0]))"""
+    else:
+        title, use = "chat story model (tuned on requests)", """\
+messages = [{"role": "user", "content": "a story about a dog who finds a red ball"}]
+ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=False)
+reply = model.generate(ids, max_new_tokens=150, do_sample=True, top_k=200)[0, ids.shape[1]:]
+print(tok.decode(reply, skip_special_tokens=True))  # generation stops at <|end|>"""
+    return f"""# Nano-SLM {title}
 
 A small GPT-2-architecture model trained from scratch on TinyStories with Nano-SLM, exported from
 `{Path(checkpoint_path).as_posix()}` (step {state.get('step')}, validation loss {val_loss}).
@@ -241,7 +276,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tok = AutoTokenizer.from_pretrained("PATH")
 model = AutoModelForCausalLM.from_pretrained("PATH")
-ids = tok("Once upon a time", return_tensors="pt").input_ids
-print(tok.decode(model.generate(ids, max_new_tokens=100, do_sample=True, top_k=200)[0]))
+{use}
 ```
 """

@@ -19,6 +19,11 @@ llama.cpp computes GPT-2's GELU as the tanh approximation through a float16 tabl
 keeps its KV cache in float16, so even an f32 file's logits differ from ours (< 0.01 on a trained model,
 2026-12-05): tests/test_gguf.py checks ids, greedy tokens and logits within a tolerance, not bits.
 llama.cpp's GPT-2 has learned positions and no sliding window: run it with a context of at most block_size tokens.
+
+A chat checkpoint's file also holds its four role markers after the BPE ids, as control tokens (llama.cpp reads
+their text as them only where it parses special tokens, as in a chat template's output), nanoslm.chat_template's
+template as tokenizer.chat_template, and <|end|> as end of sequence and end of turn, so a reply stops there
+(<|endoftext|>, a control token llama.cpp knows by name, still ends generation too).
 """
 
 import dataclasses
@@ -30,7 +35,8 @@ import numpy as np
 from . import gpt2, tokenizer
 from .atomic import atomic_path
 from .errors import UserError
-from .export import CONV1D, byte_level, gpt2_config, gpt2_weights, load_for_export
+from .chat_template import CHAT_TEMPLATE
+from .export import CONV1D, byte_level, chat_tokens, gpt2_config, gpt2_weights, load_for_export
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 DEFAULT_GGUF_TYPE = "f16"
@@ -45,11 +51,15 @@ def export_gguf(checkpoint_path, out_path, gguf_type: str = DEFAULT_GGUF_TYPE) -
     if out.is_dir() or (out.is_file() and not _is_gguf(out)):
         raise UserError(f"{out}: exists and is not a GGUF file; choose a new path for the GGUF file")
     model, state, enc = load_for_export(checkpoint_path)
-    value = state["tokenizer"]
+    value, chat = state["tokenizer"], chat_tokens(state)
     cfg = model.config
     gpt2_config(dataclasses.asdict(cfg), checkpoint_path, eot=enc.eot_token)  # refuses what GPT-2 cannot express
     tokens, types, merges = bpe_vocabulary(value, enc)
-    tensors = gguf_tensors(gpt2_weights(model, checkpoint_path), cfg.n_layer, enc.n_vocab)
+    if chat is not None:
+        markers = chat.texts()  # ids right after the BPE ids (ChatTokens.after)
+        tokens += [markers[i] for i in sorted(markers)]
+        types += [gguf.TokenType.CONTROL] * len(markers)
+    tensors = gguf_tensors(gpt2_weights(model, checkpoint_path), cfg.n_layer, len(tokens))
 
     qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
              "q8_0": gguf.GGMLQuantizationType.Q8_0}[gguf_type]
@@ -76,7 +86,10 @@ def export_gguf(checkpoint_path, out_path, gguf_type: str = DEFAULT_GGUF_TYPE) -
         w.add_token_types(types)
         w.add_token_merges(merges)
         w.add_bos_token_id(enc.eot_token)  # GPT-2's only special token, as config.json's bos/eos
-        w.add_eos_token_id(enc.eot_token)
+        w.add_eos_token_id(enc.eot_token if chat is None else chat.end)
+        if chat is not None:
+            w.add_eot_token_id(chat.end)
+            w.add_chat_template(CHAT_TEMPLATE)
         w.add_add_bos_token(False)  # our prompts start with their first word, as in training
         w.add_add_eos_token(False)
         for name, tensor in tensors.items():
@@ -117,7 +130,8 @@ def bpe_vocabulary(value: tokenizer.Vocabulary, enc) -> tuple[list[str], list[in
 
 def gguf_tensors(weights: dict, n_layer: int, n_vocab: int) -> dict[str, np.ndarray]:
     """GPT2LMHeadModel's weights (nanoslm.export.gpt2_weights) under llama.cpp's GPT-2 names, as float32 arrays:
-    Conv1D weights back in (out, in) order, the token embedding cut to the tokenizer's n_vocab ids."""
+    Conv1D weights back in (out, in) order, the token embedding cut to the tokenizer's n_vocab ids (a chat
+    checkpoint's markers included)."""
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, n_layer)
     out = {}
     for name, tensor in weights.items():
