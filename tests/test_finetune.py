@@ -164,3 +164,17 @@ def test_a_base_checkpoint_cannot_be_asked_for_a_request(tmp_path, base):
     with pytest.raises(UserError, match="not tuned on conversations"):
         score_requests(base, tmp_path / "none.jsonl", tmp_path / "none.txt", tmp_path, params.sample, [0], 1, 8,
                        setup(params.hardware), tmp_path / "instruct.json")
+
+
+def test_zero_steps_keeps_the_base_as_the_tuned_model(tmp_path, base):
+    """finetune.max_iters 0 (the default): models/tuned holds the base's weights, scored on the source's held-out
+    part, with both checkpoints the stage's outputs name."""
+    params = base_params().updated("finetune", source=str(facts_jsonl(tmp_path / "facts.jsonl")), max_iters=0,
+                                   eval_iters=1, holdout_every=10)
+    summary = finetune(params, base, tmp_path / "data", tmp_path / "tuned", tmp_path / "live", tmp_path / "loss.png")
+    assert summary["steps"] == 0 and not summary["interrupted"]
+    tuned, before = checkpoint.load(tmp_path / "tuned" / "best.pt"), checkpoint.load(base)
+    assert (tmp_path / "tuned" / "last.pt").is_file() and "chat" in tuned
+    rows = before["model"]["transformer.wte.weight"].size(0)
+    for key, weight in before["model"].items():
+        assert torch.equal(tuned["model"][key][:rows], weight), key

@@ -109,9 +109,9 @@ class TrainConfig(Section):
     windows: str  # passes | random: train windows drawn without or with replacement (batches.py)
 
     def validate(self):
-        self._positive("batch_size", "grad_accum_steps", "lr", "max_iters", "eval_interval", "eval_iters",
-                       "log_interval", "checkpoint_interval")
-        self._at_least_zero("min_lr", "warmup_iters", "weight_decay", "grad_clip", "seed")
+        self._positive("batch_size", "grad_accum_steps", "lr", "eval_interval", "eval_iters", "log_interval",
+                       "checkpoint_interval")
+        self._at_least_zero("max_iters", "min_lr", "warmup_iters", "weight_decay", "grad_clip", "seed")
         if self.min_lr > self.lr:
             self._fail("min_lr", f"({self.min_lr}) must not exceed train.lr ({self.lr})")
         if self.lr_decay_iters < self.warmup_iters:
@@ -140,11 +140,11 @@ class FinetuneConfig(Section):
     eval_iters: int  # validation batches per evaluation
 
     def validate(self):
-        self._positive("holdout_every", "max_iters", "lr", "eval_interval", "eval_iters")
-        self._at_least_zero("warmup_iters")
+        self._positive("holdout_every", "lr", "eval_interval", "eval_iters")
+        self._at_least_zero("max_iters", "warmup_iters")
         if self.holdout_every < 2:
             self._fail("holdout_every", f"must be at least 2 (one in N goes to validation), got {self.holdout_every}")
-        if self.warmup_iters > self.max_iters:
+        if self.warmup_iters > self.max_iters > 0:  # 0 steps: no fine-tune, so no warmup to fit in
             self._fail("warmup_iters", f"({self.warmup_iters}) must not exceed finetune.max_iters ({self.max_iters})")
 
 

@@ -45,10 +45,12 @@ def tuned_params(params: Params, base: dict, vocab_size: int) -> Params:
         tokenizer=dataclasses.replace(params.tokenizer, vocab_size=vocab_size_of(base["tokenizer"])),
         model=GPTConfig(**{**base["model_config"], "vocab_size": vocab_size}),
         train=dataclasses.replace(tc, max_iters=ft.max_iters, lr_decay_iters=ft.max_iters, lr=ft.lr, min_lr=0.0,
-                                  muon_lr=tc.muon_lr * ft.lr / tc.lr, warmup_iters=ft.warmup_iters,
+                                  muon_lr=tc.muon_lr * ft.lr / tc.lr, warmup_iters=min(ft.warmup_iters, ft.max_iters),
                                   eval_interval=ft.eval_interval, eval_iters=ft.eval_iters,
                                   checkpoint_interval=ft.eval_interval,
-                                  log_interval=min(tc.log_interval, ft.eval_interval)))
+                                  log_interval=min(tc.log_interval, ft.eval_interval)),
+        # 0 steps: the base is scored and saved as it is, so there is nothing worth compiling
+        hardware=params.hardware if ft.max_iters else dataclasses.replace(params.hardware, compile=False))
 
 
 def prepare(source, base: dict, out_dir: Path, holdout_every: int, block_size: int) -> dict:

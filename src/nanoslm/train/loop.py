@@ -93,6 +93,8 @@ def _run(params: Params, hw: hardware.Hardware, ranks: distributed.Ranks, tokens
                     validate(step)
                 if step % tc.checkpoint_interval == 0 or step == tc.max_iters:
                     state.save(last_path)
+        if not interrupted:  # a run of 0 steps (finetune.max_iters 0) has its last.pt too; otherwise a no-op
+            state.save(last_path)
     finally:
         stop.restore()
         log.close()
