@@ -34,8 +34,8 @@ def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampli
     """Sample, check and summarize the first `limit` requests under each seed; write and return the metrics."""
     engine, enc, state = load_engine(checkpoint_path, hw)
     if "chat" not in state:
-        raise UserError(f"{checkpoint_path}: not tuned on conversations, so it cannot take a request; "
-                        f"run the finetune stage on a .jsonl source")
+        raise UserError(f"{checkpoint_path}: never trained on conversations, so it cannot take a request; "
+                        f"pre-train with requests.mix > 0 or fine-tune on a .jsonl source")
     chat = ChatTokens(**state["chat"])
     lines = Path(requests_path).read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()][:limit]
