@@ -13,6 +13,6 @@ if __name__ == "__main__":
         checkpoint_path, requests_path, train_txt, tokens_dir, out_path = sys.argv[1:]
         params = load_params()
         metrics = score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, params.sample,
-                                 params.instruct.seeds, params.instruct.requests, params.eval.batch_size,
-                                 hardware.setup(params.hardware), out_path)
+                                 params.instruct.seeds, params.instruct.requests, params.instruct.nudge,
+                                 params.eval.batch_size, hardware.setup(params.hardware), out_path)
         print(f"instruct: {json.dumps(metrics)}")

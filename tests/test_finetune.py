@@ -162,7 +162,7 @@ def test_a_base_checkpoint_cannot_be_asked_for_a_request(tmp_path, base):
 
     params = base_params()
     with pytest.raises(UserError, match="never trained on conversations.*requests.mix > 0"):
-        score_requests(base, tmp_path / "none.jsonl", tmp_path / "none.txt", tmp_path, params.sample, [0], 1, 8,
+        score_requests(base, tmp_path / "none.jsonl", tmp_path / "none.txt", tmp_path, params.sample, [0], 1, 0.0, 8,
                        setup(params.hardware), tmp_path / "instruct.json")
 
 

@@ -164,9 +164,11 @@ class InstructConfig(Section):
     SECTION = "instruct"
     requests: int  # held-out requests scored (the first N of data/requests/validation.jsonl)
     seeds: typing.List[int]  # one story per request and seed, sampled with the sample settings
+    nudge: float  # > 0: also score stories sampled with this logit boost towards the requested words; 0 = off
 
     def validate(self):
         self._positive("requests")
+        self._at_least_zero("nudge")
         if len(self.seeds) < 1 or any(s < 0 for s in self.seeds):
             self._fail("seeds", f"must be a non-empty list of seeds (0 or more), got {self.seeds}")
 

@@ -14,7 +14,7 @@ same settings and generators:
 
 import contextlib
 import sys
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,9 @@ class _LayerCache:
         return self.k[:, :, : self.end], self.v[:, :, : self.end]
 
 
+Processor = Callable[[list[int], list[list[int]], torch.Tensor], torch.Tensor]
+
+
 class Engine:
     """Generates with a GPT on one device.
 
@@ -132,11 +135,13 @@ class Engine:
 
     @torch.no_grad()
     def stream(self, prompts: Sequence[Sequence[int]], sampling: Sampling, gens: Sequence[torch.Generator],
-               use_cache: bool = True) -> Iterator[list[Optional[int]]]:
+               use_cache: bool = True, process: Optional[Processor] = None) -> Iterator[list[Optional[int]]]:
         """Yield, for each step, every row's new token (None where the row has finished).
 
         Row i samples with gens[i]. A row ends at end-of-text (not yielded) or after max_new_tokens tokens.
         An empty prompt starts from end-of-text; one longer than block_size keeps its last block_size tokens.
+        process(rows, seqs, logits), where given, returns the logits to sample from (as transformers' logits
+        processors): rows are the rows still going, in the order of the logits' rows; seqs every row's ids so far.
         """
         sampling.check(self.model.config.vocab_size)
         if len(gens) != len(prompts):
@@ -151,6 +156,8 @@ class Engine:
                 logits = torch.cat([self.model(self._tensor([seqs[r]]), kv_cache=cache.prefill(i, len(seqs[r])))
                                     for i, r in enumerate(rows)])
         for step in range(sampling.max_new_tokens):
+            if process is not None:
+                logits = process(rows, seqs, logits)
             picks = self._sample(logits, sampling, [gens[r] for r in rows])
             going = [(r, t) for r, t in zip(rows, picks) if t not in self.stops]
             if not going:

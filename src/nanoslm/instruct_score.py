@@ -5,7 +5,8 @@ sampled with the sample settings under each seed, and checked by nanoslm.follow:
 inflections), all of them, the name, dialogue, the required sentence, finished (ended at <|end|> after a full
 stop). Beside it: the same checks of each request against another validation story (chance), the share of the
 generated stories' word 8-grams found in the train split and the longest copied span (are the stories new?), and
-the checkpoint's bits per byte on the plain validation stories (does it still write well?).
+the checkpoint's bits per byte on the plain validation stories (does it still write well?). With instruct.nudge
+> 0, the stories are sampled again with a nudge towards the requested words (nanoslm.nudge), scored apart.
 """
 
 import json
@@ -23,6 +24,7 @@ from .errors import UserError
 from .evaluate import evaluate_checkpoint
 from .follow import chance, copy_rate, score, summarize, train_ngrams
 from .generate import load_engine
+from .nudge import Nudge
 from .requests import Request
 from .sources import iter_txt_stories
 
@@ -30,8 +32,9 @@ ROWS = 32  # requests generated together: all 200 at once took gigabytes (docs/e
 
 
 def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampling: SampleConfig, seeds: list[int],
-                   limit: int, eval_batch_size: int, hw: hardware.Hardware, out_path) -> dict:
-    """Sample, check and summarize the first `limit` requests under each seed; write and return the metrics."""
+                   limit: int, nudge: float, eval_batch_size: int, hw: hardware.Hardware, out_path) -> dict:
+    """Sample, check and summarize the first `limit` requests under each seed (and again with a Nudge of that
+    strength towards the requested words, when nudge > 0); write and return the metrics."""
     engine, enc, state = load_engine(checkpoint_path, hw)
     if "chat" not in state:
         raise UserError(f"{checkpoint_path}: never trained on conversations, so it cannot take a request; "
@@ -42,21 +45,34 @@ def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampli
     requests = [Request.from_dict(r["request"], where=str(requests_path)) for r in records]
     stories = [r["messages"][-1]["content"] for r in records]
     prompts = [render([{"role": "user", "content": q.text}], enc, chat, reply=True)[0] for q in requests]
-    scores, generated = [], []
-    for seed in seeds:
-        new = []
-        for start in tqdm(range(0, len(prompts), ROWS), desc=f"instruct seed {seed}", unit="batch", file=sys.stderr):
-            batch = prompts[start:start + ROWS]  # request i samples with seed + i, whatever its batch
-            new += collect(engine.stream(batch, sampling, generators(seed + start, len(batch))), len(batch))
-        for request, ids in zip(requests, new):
-            text = decode(ids, enc, chat).strip()
-            scores.append(score(request, text, ended=len(ids) < sampling.max_new_tokens))
-            generated.append(text)
+
+    def answers(process=None, label="") -> tuple[list[dict], list[str]]:
+        """Each request's story under each seed (request i samples with seed + i, whatever its batch), checked."""
+        scores, texts = [], []
+        for seed in seeds:
+            new = []
+            for start in tqdm(range(0, len(prompts), ROWS), desc=f"instruct{label} seed {seed}", unit="batch",
+                              file=sys.stderr):
+                rows = slice(start, start + ROWS)
+                nudge_rows = process(requests[rows], [len(p) for p in prompts[rows]]) if process else None
+                steps = engine.stream(prompts[rows], sampling, generators(seed + start, len(prompts[rows])),
+                                      process=nudge_rows)
+                new += collect(steps, len(prompts[rows]))
+            for request, ids in zip(requests, new):
+                text = decode(ids, enc, chat).strip()
+                scores.append(score(request, text, ended=len(ids) < sampling.max_new_tokens))
+                texts.append(text)
+        return scores, texts
+
+    scores, generated = answers()
     ngrams = train_ngrams(iter_txt_stories(train_txt))
     plain = evaluate_checkpoint(checkpoint_path, tokens_dir, eval_batch_size, hw)
     metrics = {"model": _means(summarize(scores)), "chance": _means(chance(requests, stories, seed=seeds[0])),
                "copy": {k: v for k, v in copy_rate(generated, ngrams).items() if k != "longest_text"},
                "plain_bits_per_byte": plain["bits_per_byte"], "requests": len(requests), "seeds": seeds}
+    if nudge > 0:  # the decoding-time aid, apart: "model" stays the model's own score
+        nudged, _ = answers(lambda rs, lengths: Nudge(rs, lengths, enc, nudge), label=" nudged")
+        metrics |= {"nudged": _means(summarize(nudged)), "nudge": nudge}
     write_json(out_path, metrics)
     return metrics
 
