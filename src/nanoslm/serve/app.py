@@ -65,7 +65,7 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
         return await generate(request, req, entry.id, loaded, prompts, protocol.Shaper)
 
     async def chat_completions(request: Request) -> Response:
-        req = chat_api.parse_chat(protocol.parse_json(await _body(request)))
+        req = chat_api.parse_chat(protocol.parse_json(await _body(request, "messages", "messages of at most")))
         entry = await registry.find(req.model)
         loaded = await registry.load(entry)
         ids = chat_api.prompt_ids(entry.id, req.messages, loaded.enc, loaded.chat, loaded.engine.block_size)
@@ -124,11 +124,11 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
     return app
 
 
-async def _body(request: Request) -> bytes:
-    """The request body, refused (413) past MAX_BODY_BYTES before it is all read."""
+async def _body(request: Request, param: str = "prompt", text: str = "a prompt at most") -> bytes:
+    """The request body, refused (413) past MAX_BODY_BYTES before it is all read; `param` holds the long text."""
     declared = request.headers.get("content-length")
-    too_big = ApiError(413, f"the request body must be at most {limits.MAX_BODY_BYTES} bytes (a prompt at most "
-                            f"{limits.MAX_PROMPT_CHARS} characters)", param="prompt", code="request_too_large")
+    too_big = ApiError(413, f"the request body must be at most {limits.MAX_BODY_BYTES} bytes ({text} "
+                            f"{limits.MAX_PROMPT_CHARS} characters)", param=param, code="request_too_large")
     if declared and declared.isdigit() and int(declared) > limits.MAX_BODY_BYTES:
         raise too_big
     chunks, size = [], 0

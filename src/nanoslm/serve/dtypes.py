@@ -12,7 +12,7 @@ stage keep the configured dtype, so their output does not depend on a timing.
 import copy
 import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -28,9 +28,11 @@ ROUNDS = 3  # trials per dtype, alternating; the best of each counts (the first 
 
 
 def fastest(trials: Mapping[Any, Callable[[], None]], rounds: int = ROUNDS,
-            clock: Callable[[], float] = time.perf_counter) -> Any:
-    """The key of the trial whose best round took least time. Trials alternate round by round, so a machine that
-    gets busier or quieter meanwhile weighs on each alike."""
+            clock: Optional[Callable[[], float]] = None) -> Any:
+    """The key of the trial whose best round took least time (on `clock`, default time.perf_counter, looked up
+    when called). Trials alternate round by round, so a machine that gets busier or quieter meanwhile weighs on
+    each alike."""
+    clock = clock or time.perf_counter
     best = {key: float("inf") for key in trials}
     for _ in range(rounds):
         for key, trial in trials.items():
@@ -40,7 +42,7 @@ def fastest(trials: Mapping[Any, Callable[[], None]], rounds: int = ROUNDS,
     return min(best, key=best.get)
 
 
-def generation_dtype(model: GPT, hw: Hardware, clock: Callable[[], float] = time.perf_counter) -> torch.dtype:
+def generation_dtype(model: GPT, hw: Hardware, clock: Optional[Callable[[], float]] = None) -> torch.dtype:
     """hw.dtype, or on a CPU given bfloat16 whichever of bfloat16 and float32 decodes `model` faster."""
     if hw.device.type != "cpu" or hw.dtype != torch.bfloat16:
         return hw.dtype  # float32 was asked for (or bf16 is not native); GPUs keep their configured dtype
