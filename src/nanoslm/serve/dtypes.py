@@ -1,12 +1,13 @@
 """The dtype a served model generates in on a CPU: measured when it loads, not assumed.
 
 hardware.dtype auto means bfloat16 on a CPU with bf16 instructions, which is right for training, but generating
-one token at a time with a small model is another matter: on the 2-core AMD EPYC (Zen 4, avx512_bf16) of issue
-#23 the engine made 510-610 tokens/s in bfloat16 and 780-925 in float32, while docs/benchmarks.md has bfloat16
-ahead on a similar host (2026-12-05); the model's width, its vocabulary and the CPU decide. So when the server is given bfloat16 on a CPU it times a few decode steps in both and keeps
-the faster. The decision is made once per model and kept for the server's life, so a model reloaded after
-leaving the cache answers a seed as it did before. Only the server measures: `nanoslm generate` and the sample
-stage keep the configured dtype, so their output does not depend on a timing.
+one token at a time with a small model is another matter: on the 2-core AMD EPYC (avx512_bf16) of issue #23 the
+engine made 510-610 tokens/s in bfloat16 and 780-925 in float32, while docs/benchmarks.md has bfloat16 ahead on
+a Zen 4 (2026-12-05 07:14); the model's width, its vocabulary and the CPU decide. So when the server is given
+bfloat16 on a CPU it times a few decode steps in both and keeps the faster. The decision is made once per model
+and kept for the server's life, so a model reloaded after leaving the cache answers a seed as it did before.
+Only the server measures: `nanoslm generate` and the sample stage keep the configured dtype, so their output
+does not depend on a timing.
 """
 
 import copy

@@ -155,7 +155,8 @@ class Shaper:
     prefix, object, stream_object = "cmpl", "text_completion", "text_completion"
 
     def __init__(self, model: str, seed: int):
-        self.id, self.created, self.model, self.seed = f"{self.prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), model, seed
+        self.id, self.created = f"{self.prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.model, self.seed = model, seed
 
     def _base(self, stream: bool = True) -> dict:
         return {"id": self.id, "object": self.stream_object if stream else self.object, "created": self.created,
