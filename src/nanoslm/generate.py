@@ -14,19 +14,24 @@ from .atomic import write_text
 from .config import SampleConfig, Sampling
 from .conversation import ChatTokens, decode, render
 from .engine import Engine, collect, generators
+from .model import GPT
 from .tokenizer import encoding_for
 
 
 def load_engine(checkpoint_path, hw: hardware.Hardware) -> tuple[Engine, tiktoken.Encoding, dict]:
-    """An Engine on the checkpoint's model, its tokenizer, and the checkpoint's metadata. A chat checkpoint's
-    engine may pick the chat ids, and a row ends at <|end|> (a reply's end, nanoslm.conversation) as at
-    <|endoftext|> (a story's)."""
+    """An Engine on the checkpoint's model, its tokenizer, and the checkpoint's metadata (see engine_for)."""
     model, state = checkpoint.load_model(checkpoint_path, hw.device)
     enc = encoding_for(state["tokenizer"], source=checkpoint_path)
+    return engine_for(model, state, enc, hw), enc, state
+
+
+def engine_for(model: GPT, state: dict, enc: tiktoken.Encoding, hw: hardware.Hardware) -> Engine:
+    """An Engine on a checkpoint's model. A chat checkpoint's engine may pick the chat ids, and a row ends at
+    <|end|> (a reply's end, nanoslm.conversation) as at <|endoftext|> (a story's)."""
     if "chat" in state:
         chat = ChatTokens(**state["chat"])
-        return Engine(model, hw, eot=enc.eot_token, n_vocab=chat.vocab_size, end=chat.end), enc, state
-    return Engine(model, hw, eot=enc.eot_token, n_vocab=enc.n_vocab), enc, state
+        return Engine(model, hw, eot=enc.eot_token, n_vocab=chat.vocab_size, end=chat.end)
+    return Engine(model, hw, eot=enc.eot_token, n_vocab=enc.n_vocab)
 
 
 def sample_prompts(checkpoint_path, cfg: SampleConfig, hw: hardware.Hardware) -> tuple[list[dict], dict]:

@@ -1,4 +1,4 @@
-"""The web app: the playground page, OpenAI's /v1/completions and /v1/models, /health."""
+"""The web app: the playground page, OpenAI's /v1/completions, /v1/chat/completions and /v1/models, /health."""
 
 import asyncio
 import contextlib
@@ -10,14 +10,14 @@ from typing import Optional
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import limits, protocol
+from . import chat_api, delivery, limits, protocol
 from .generation import Job, Scheduler
 from .limits import ApiError
-from .registry import Registry
+from .registry import Loaded, Registry
 
 log = logging.getLogger("nanoslm.serve")
 
@@ -26,34 +26,6 @@ STATIC = resources.files("nanoslm.serve") / "static"
 
 def error_response(err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
-
-
-class _Sink:
-    """The event loop's end of a job: the worker thread's events land in an asyncio queue."""
-
-    def __init__(self):
-        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
-
-    def __call__(self, events, done, error) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (events, done, error))
-        except RuntimeError:  # the loop has closed: nobody is listening any more
-            pass
-
-
-class EventStream(StreamingResponse):
-    """Server-sent events that cancel their job however the response ends (done, client gone, shutdown)."""
-
-    def __init__(self, content, job: Job):
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.job = job
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.job.cancel()
 
 
 def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Starlette:
@@ -70,10 +42,11 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
         return JSONResponse(limits.settings())
 
     async def list_models(request: Request) -> Response:
-        entries = await registry.entries()
+        entries = [e for e in await registry.entries() if e.available]
+        chats = await asyncio.to_thread(lambda: [registry.is_chat(e) for e in entries])  # may read checkpoints
         return JSONResponse({"object": "list", "data": [
-            {"id": e.id, "object": "model", "created": 0, "owned_by": "nanoslm", "source": e.source}
-            for e in entries if e.available]})
+            {"id": e.id, "object": "model", "created": 0, "owned_by": "nanoslm", "source": e.source, "chat": chat}
+            for e, chat in zip(entries, chats)]})
 
     async def page_models(request: Request) -> Response:
         entries = await registry.entries(refresh=request.query_params.get("refresh") == "1")
@@ -88,22 +61,34 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
         req = protocol.parse_completion(protocol.parse_json(await _body(request)))
         entry = await registry.find(req.model)
         loaded = await registry.load(entry)
-        engine, enc = loaded.engine, loaded.enc
-        sampling = req.sampling(engine.model.config.vocab_size)  # the table's ranges: parse_completion checked them
+        prompts = [loaded.enc.encode_ordinary(p) for p in req.prompts for _ in range(req.n)]
+        return await generate(request, req, entry.id, loaded, prompts, protocol.Shaper)
+
+    async def chat_completions(request: Request) -> Response:
+        req = chat_api.parse_chat(protocol.parse_json(await _body(request, "messages", "messages of at most")))
+        entry = await registry.find(req.model)
+        loaded = await registry.load(entry)
+        ids = chat_api.prompt_ids(entry.id, req.messages, loaded.enc, loaded.chat, loaded.engine.block_size)
+        return await generate(request, req, entry.id, loaded, [ids] * req.n, chat_api.ChatShaper)
+
+    async def generate(request: Request, req: protocol.Request, model_id: str, loaded: Loaded,
+                       prompts: list[list[int]], shape: type[protocol.Shaper]) -> Response:
+        """Run `prompts` (the request's rows, as ids) on the worker; stream or answer in `shape`'s shapes."""
+        sampling = req.sampling(loaded.engine.model.config.vocab_size)  # parsing checked the table's ranges
         seed = req.seed if req.seed is not None else random.SystemRandom().randrange(2**31)
-        prompts = [enc.encode_ordinary(p) for p in req.prompts for _ in range(req.n)]
-        sink = _Sink()
-        job = Job(engine, enc, prompts, sampling, seed, req.stop, sink)
-        shaper = protocol.Shaper(entry.id, seed)
-        usage = lambda: {"prompt_tokens": sum(len(p) for p in prompts), "completion_tokens": job.completion_tokens,
-                         "total_tokens": sum(len(p) for p in prompts) + job.completion_tokens}  # noqa: E731
+        sink = delivery.Sink()
+        job = Job(loaded.engine, loaded.enc, prompts, sampling, seed, req.stop, sink, ends=loaded.ends)
+        shaper = shape(model_id, seed)
+        read = sum(len(p) for p in prompts)
+        usage = lambda: {"prompt_tokens": read, "completion_tokens": job.completion_tokens,  # noqa: E731
+                         "total_tokens": read + job.completion_tokens}
         try:
             scheduler.submit(job)
         except RuntimeError as err:
             raise ApiError(503, str(err), code="shutting_down") from None
         if req.stream:
-            return EventStream(_events(job, sink, shaper, usage, req.include_usage), job)
-        return await _complete(request, job, sink, shaper, usage)
+            return delivery.stream(job, sink, shaper, usage, req.include_usage)
+        return await delivery.complete(request, job, sink, shaper, usage)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         message = f"{request.method} {request.url.path}: {exc.detail}"
@@ -127,6 +112,7 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
         Route("/healthz", health),
         Route("/v1/models", list_models),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/api/settings", settings),
         Route("/api/models", page_models),
         Route("/api/model", model_info),
@@ -138,11 +124,11 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
     return app
 
 
-async def _body(request: Request) -> bytes:
-    """The request body, refused (413) past MAX_BODY_BYTES before it is all read."""
+async def _body(request: Request, param: str = "prompt", text: str = "a prompt at most") -> bytes:
+    """The request body, refused (413) past MAX_BODY_BYTES before it is all read; `param` holds the long text."""
     declared = request.headers.get("content-length")
-    too_big = ApiError(413, f"the request body must be at most {limits.MAX_BODY_BYTES} bytes (a prompt at most "
-                            f"{limits.MAX_PROMPT_CHARS} characters)", param="prompt", code="request_too_large")
+    too_big = ApiError(413, f"the request body must be at most {limits.MAX_BODY_BYTES} bytes ({text} "
+                            f"{limits.MAX_PROMPT_CHARS} characters)", param=param, code="request_too_large")
     if declared and declared.isdigit() and int(declared) > limits.MAX_BODY_BYTES:
         raise too_big
     chunks, size = [], 0
@@ -152,51 +138,3 @@ async def _body(request: Request) -> bytes:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def _events(job: Job, sink: _Sink, shaper: protocol.Shaper, usage, include_usage: bool):
-    try:
-        while True:
-            events, done, error = await sink.queue.get()
-            for index, text, finish in events:
-                yield protocol.sse(shaper.chunk(index, text, finish))
-            if error is not None:
-                if error != "cancelled":
-                    yield protocol.sse(ApiError(500, error, code="generation_failed").body())
-                return  # no [DONE]: the stream did not complete
-            if done:
-                break
-        if include_usage:
-            yield protocol.sse(shaper.usage_chunk(usage(), job.timing()))
-        yield protocol.sse("[DONE]")
-    finally:
-        job.cancel()
-
-
-async def _complete(request: Request, job: Job, sink: _Sink, shaper: protocol.Shaper, usage) -> Response:
-    """Wait for the whole completion; the job is cancelled if the client goes away meanwhile."""
-
-    async def watch():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        job.cancel()
-
-    watcher = asyncio.create_task(watch())
-    texts, finishes = [""] * len(job.rows), ["stop"] * len(job.rows)
-    try:
-        while True:
-            events, done, error = await sink.queue.get()
-            for index, text, finish in events:
-                texts[index] += text
-                if finish:
-                    finishes[index] = finish
-            if error == "cancelled":
-                raise ApiError(503, "the completion was cancelled (the server is stopping)", code="cancelled")
-            if error is not None:
-                raise ApiError(500, error, code="generation_failed")
-            if done:
-                break
-    finally:
-        watcher.cancel()
-        job.cancel()
-    return JSONResponse(shaper.completion(texts, finishes, usage(), job.timing()))

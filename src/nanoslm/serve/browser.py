@@ -83,9 +83,23 @@ def story_states(driver) -> list[dict]:
 
 def write(driver, prompt: str, seed: int, max_tokens: int, timeout: float = 60.0) -> list[list[dict]]:
     """Type the prompt and settings, press Write, poll the columns until they stop writing; every poll's states."""
+    set_field(driver, "prompt", prompt)
+    return _press_write(driver, seed, max_tokens, timeout)
+
+
+def ask(driver, request: str, seed: int, max_tokens: int, timeout: float = 60.0) -> list[list[dict]]:
+    """Switch to Ask (a chat model must be chosen), type the request, then as `write`."""
     from selenium.webdriver.common.by import By
 
-    set_field(driver, "prompt", prompt)
+    wait_for(lambda: driver.find_element(By.ID, "mode-ask").is_enabled(), what="Ask to be offered")
+    driver.find_element(By.ID, "mode-ask").click()
+    set_field(driver, "request", request)
+    return _press_write(driver, seed, max_tokens, timeout)
+
+
+def _press_write(driver, seed: int, max_tokens: int, timeout: float) -> list[list[dict]]:
+    from selenium.webdriver.common.by import By
+
     set_field(driver, "f-seed", seed)
     set_field(driver, "f-max_tokens", max_tokens)
     driver.find_element(By.ID, "write").click()

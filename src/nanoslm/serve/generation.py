@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional, Sequence
+from typing import AbstractSet, Callable, Optional, Sequence
 
 import tiktoken
 
@@ -52,12 +52,14 @@ class StopFilter:
 
 
 class _Row:
-    def __init__(self, index: int, enc: tiktoken.Encoding, stops: Sequence[str]):
-        self.index, self.text, self.stop = index, TextStream(enc), StopFilter(stops)
+    def __init__(self, index: int, enc: tiktoken.Encoding, stops: Sequence[str], ends: AbstractSet[int]):
+        self.index, self.text, self.stop, self.ends = index, TextStream(enc), StopFilter(stops), ends
         self.tokens, self.finish = 0, None
 
     def token(self, token: int) -> Optional[Event]:
         self.tokens += 1
+        if token in self.ends:
+            return self.end("stop")
         text, stopped = self.stop.push(self.text.push(token))
         if stopped:
             self.finish = "stop"
@@ -74,13 +76,15 @@ class _Row:
 class Job:
     """One request's stories: len(prompts) rows, row i sampling from seed + i (as `nanoslm generate`).
 
-    `sink(events, done, error)` receives each step's events; it is called on the worker thread.
+    `sink(events, done, error)` receives each step's events; it is called on the worker thread. A row also ends
+    ("stop") at a token of `ends`: a chat model's role markers, which begin another turn and have no text.
     """
 
     def __init__(self, engine: Engine, enc: tiktoken.Encoding, prompts: Sequence[Sequence[int]], sampling: Sampling,
-                 seed: int, stops: Sequence[str], sink: Callable[[list[Event], bool, Optional[str]], None]):
+                 seed: int, stops: Sequence[str], sink: Callable[[list[Event], bool, Optional[str]], None],
+                 ends: AbstractSet[int] = frozenset()):
         self.engine, self.prompts, self.sampling, self.seed = engine, [list(p) for p in prompts], sampling, seed
-        self.rows = [_Row(i, enc, stops) for i in range(len(prompts))]
+        self.rows = [_Row(i, enc, stops, ends) for i in range(len(prompts))]
         self.sink = sink
         self.cancelled = False  # set from any thread; the worker drops the job at its next turn
         self.started = self.ended = None

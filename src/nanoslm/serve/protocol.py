@@ -1,4 +1,5 @@
-"""OpenAI's completions API, the part Nano-SLM serves: parse and check a request, shape the responses."""
+"""OpenAI's completions API, the part Nano-SLM serves: parse and check a request, shape the responses; the fields
+and shapes that chat (chat_api.py) shares with it."""
 
 import json
 import time
@@ -17,9 +18,10 @@ UNSUPPORTED = {"logprobs": (None, 0), "echo": (None, False), "suffix": (None, ""
 
 
 @dataclass(frozen=True)
-class CompletionRequest:
+class Request:
+    """What /v1/completions and /v1/chat/completions share: the model, sampling, rows and how to answer."""
+
     model: Optional[str]
-    prompts: list[str]
     max_tokens: int
     temperature: float
     top_k: Optional[int]  # None = off
@@ -41,6 +43,11 @@ class CompletionRequest:
         return Sampling(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=top_k, top_p=self.top_p)
 
 
+@dataclass(frozen=True)
+class CompletionRequest(Request):
+    prompts: list[str]
+
+
 def parse_json(body: bytes) -> dict:
     try:
         data = json.loads(body)
@@ -53,19 +60,24 @@ def parse_json(body: bytes) -> dict:
 
 def parse_completion(data: dict) -> CompletionRequest:
     """Check every field of a /v1/completions body; ApiError names the first bad one and what it allows."""
+    prompts = _prompts(data.get("prompt", ""))
+    return CompletionRequest(**parse_shared(data, len(prompts), UNSUPPORTED), prompts=prompts)
+
+
+def parse_shared(data: dict, inputs: int, unsupported: dict, max_tokens: limits.Limit = limits.MAX_TOKENS) -> dict:
+    """The Request fields of a body that asks for `inputs` texts n times each; `max_tokens` names the field the
+    length is read from (chat has two names for it)."""
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, f"model must be a string (GET /v1/models lists them); got {limits._show(model)}",
                        param="model", code="invalid_value")
-    prompts = _prompts(data.get("prompt", ""))
     n = limits.N.check(data.get("n", 1))
     if n is None:
         n = 1
-    if len(prompts) * n > limits.MAX_ROWS:
+    if inputs * n > limits.MAX_ROWS:
         raise ApiError(400, f"n times the number of prompts must be at most {limits.MAX_ROWS}; got "
-                            f"{n} x {len(prompts)}", param="n", code="invalid_value")
-    max_tokens = data.get("max_tokens")
-    for name, allowed in UNSUPPORTED.items():
+                            f"{n} x {inputs}", param="n", code="invalid_value")
+    for name, allowed in unsupported.items():
         if name in data and data[name] not in allowed:
             raise ApiError(400, f"{name} is not supported by this server; leave it out", param=name,
                            code="unsupported_parameter")
@@ -83,10 +95,10 @@ def parse_completion(data: dict) -> CompletionRequest:
     if not isinstance(include_usage, bool):
         raise ApiError(400, "stream_options.include_usage must be true or false", param="stream_options",
                        code="invalid_value")
-    return CompletionRequest(
+    length = data.get(max_tokens.name)
+    return dict(
         model=model,
-        prompts=prompts,
-        max_tokens=limits.MAX_TOKENS.default if max_tokens is None else limits.MAX_TOKENS.check(max_tokens),
+        max_tokens=limits.MAX_TOKENS.default if length is None else max_tokens.check(length),
         temperature=_given(limits.TEMPERATURE, data),
         top_k=limits.TOP_K.check(data["top_k"]) if "top_k" in data else limits.TOP_K.default,
         top_k_given="top_k" in data,
@@ -134,14 +146,29 @@ def _stop(stop: Any) -> list[str]:
 
 
 class Shaper:
-    """The JSON objects of one completion: OpenAI's `text_completion` shape, with Nano-SLM's `seed` and `timing`."""
+    """The JSON objects of one completion: OpenAI's `text_completion` shape, with Nano-SLM's `seed` and `timing`.
+
+    nanoslm.serve.chat_api's ChatShaper gives the same answers in the chat shapes; delivery.py uses only
+    opening, events, usage_chunk and completion.
+    """
+
+    prefix, object, stream_object = "cmpl", "text_completion", "text_completion"
 
     def __init__(self, model: str, seed: int):
-        self.id, self.created, self.model, self.seed = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), model, seed
+        self.id, self.created = f"{self.prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.model, self.seed = model, seed
 
-    def _base(self) -> dict:
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "system_fingerprint": None}
+    def _base(self, stream: bool = True) -> dict:
+        return {"id": self.id, "object": self.stream_object if stream else self.object, "created": self.created,
+                "model": self.model, "system_fingerprint": None}
+
+    def opening(self, rows: int) -> list[dict]:
+        """The chunks a stream starts with, before any text."""
+        return []
+
+    def events(self, index: int, text: str, finish_reason: Optional[str]) -> list[dict]:
+        """The chunks of one piece of a choice's text (and its end, when finish_reason is set)."""
+        return [self.chunk(index, text, finish_reason)]
 
     def chunk(self, index: int, text: str, finish_reason: Optional[str]) -> dict:
         choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
@@ -150,10 +177,12 @@ class Shaper:
     def usage_chunk(self, usage: dict, timing: dict) -> dict:
         return {**self._base(), "choices": [], "usage": usage, "seed": self.seed, "timing": timing}
 
+    def choice(self, index: int, text: str, finish_reason: str) -> dict:
+        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
     def completion(self, texts: list[str], finishes: list[str], usage: dict, timing: dict) -> dict:
-        choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": f}
-                   for i, (t, f) in enumerate(zip(texts, finishes))]
-        return {**self._base(), "choices": choices, "usage": usage, "seed": self.seed, "timing": timing}
+        choices = [self.choice(i, t, f) for i, (t, f) in enumerate(zip(texts, finishes))]
+        return {**self._base(stream=False), "choices": choices, "usage": usage, "seed": self.seed, "timing": timing}
 
 
 def sse(obj: Any) -> bytes:

@@ -5,6 +5,7 @@ request names. Engines are loaded on first use, on a thread, one load per model 
 once, and the few most recently used stay in memory."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -13,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .. import hardware
+from .. import checkpoint, hardware
+from ..conversation import ChatTokens
 from ..errors import UserError
-from ..generate import load_engine
+from ..generate import engine_for
+from ..tokenizer import encoding_for
+from .dtypes import generation_dtype
 from .experiments import EVAL_METRICS, MODEL_PATH, ModelEntry, checkpoint_file, list_experiments, read_metrics
 from .limits import ApiError
 
@@ -27,16 +31,25 @@ class Loaded:
     engine: Any
     enc: Any
     info: dict
+    chat: Optional[ChatTokens] = None  # the chat ids of an instruction-tuned model; None for a story model
+
+    @property
+    def ends(self) -> frozenset:
+        """Ids that end a reply besides the engine's own stops: the role markers, which begin another turn."""
+        return frozenset() if self.chat is None else frozenset({self.chat.system, self.chat.user, self.chat.assistant})
 
 
 class Registry:
     """The models, their loaded engines (LRU, `max_engines` kept) and the experiments list (read on demand)."""
 
     def __init__(self, checkpoint: os.PathLike, repo: Optional[os.PathLike], hw: hardware.Hardware,
-                 max_engines: int = 3):
+                 max_engines: int = 3, measure_dtype: bool = True):
         self.checkpoint = Path(checkpoint)
         self.repo = Path(repo).resolve() if repo is not None else None
         self.hw, self.max_engines = hw, max(1, max_engines)
+        self.measure_dtype = measure_dtype  # bfloat16 on a CPU: generate in the faster of it and float32 (dtypes.py)
+        self._dtypes: dict[tuple, Any] = {}  # each model's measured dtype, kept when its engine leaves the cache
+        self._chat: dict[tuple, bool] = {}  # whether each model seen so far is a chat model
         self._engines: "OrderedDict[tuple, Loaded]" = OrderedDict()
         self._loading: dict[tuple, asyncio.Lock] = {}
         self._experiments: Optional[list[ModelEntry]] = None
@@ -118,14 +131,31 @@ class Registry:
             return ("file", str(entry.path.resolve()), st.st_mtime_ns, st.st_size)
         return ("dvc", entry.out_hash) if entry.out_hash else ("rev", entry.rev)
 
+    def is_chat(self, entry: ModelEntry) -> Optional[bool]:
+        """Whether the entry is an instruction-tuned model; None while unknown (a DVC revision not loaded yet)."""
+        if not entry.available:
+            return None
+        key = self._key(entry)
+        if key not in self._chat and entry.path is not None:
+            try:
+                self._chat[key] = "chat" in checkpoint.load(entry.path)  # a metadata look; the engine loads on use
+            except UserError:
+                return None
+        return self._chat.get(key)
+
     def _load(self, entry: ModelEntry) -> Loaded:
-        if entry.path is not None:
-            engine, enc, state = load_engine(entry.path, self.hw)
-        else:
-            with checkpoint_file(self.repo, entry.rev) as path:
-                engine, enc, state = load_engine(path, self.hw)
+        with contextlib.ExitStack() as stack:
+            path = entry.path if entry.path is not None else stack.enter_context(checkpoint_file(self.repo, entry.rev))
+            model, state = checkpoint.load_model(path, self.hw.device)
+            enc = encoding_for(state["tokenizer"], source=path)
+        key = self._key(entry)
+        if key not in self._dtypes:
+            self._dtypes[key] = generation_dtype(model, self.hw) if self.measure_dtype else self.hw.dtype
+        engine = engine_for(model, state, enc, hardware.Hardware(self.hw.device, self._dtypes[key]))
+        chat = ChatTokens(**state["chat"]) if "chat" in state else None
+        self._chat[key] = chat is not None
         log.info("loaded %s (%s)", entry.id, entry.source)
-        return Loaded(engine, enc, describe(entry, state, engine))
+        return Loaded(engine, enc, describe(entry, state, engine), chat)
 
 
 def describe(entry: ModelEntry, state: dict, engine) -> dict:
@@ -140,4 +170,5 @@ def describe(entry: ModelEntry, state: dict, engine) -> dict:
     return {"id": entry.id, "source": entry.source, "step": state.get("step"), "n_layer": cfg.n_layer,
             "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size, "vocab_size": cfg.vocab_size,
             "tokenizer": state.get("tokenizer"), "val_loss": float(val_loss) if val_loss is not None else None,
-            "bits_per_byte": bpb, "bits_per_byte_from": bpb_from, "params": entry.params, "metrics": entry.metrics}
+            "bits_per_byte": bpb, "bits_per_byte_from": bpb_from, "params": entry.params, "metrics": entry.metrics,
+            "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."), "chat": "chat" in state}

@@ -1,8 +1,9 @@
 "use strict";
-// The playground: builds the form from /api/settings, lists /api/models, streams /v1/completions per column.
+// The playground: builds the form from /api/settings, lists /api/models, streams /v1/completions per column, or
+// in Ask mode /v1/chat/completions (a request to every chosen chat model, so fine-tunes can be compared by eye).
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const state = { fields: [], models: [], selected: [], info: new Map(), running: new Map() };
+const state = { fields: [], models: [], selected: [], info: new Map(), running: new Map(), mode: "continue" };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -123,6 +124,7 @@ function renderColumns() {
   stories.classList.toggle("compare", state.selected.length > 1);
   $("#write").disabled = !state.selected.length;
   if (!state.selected.length) status("Choose a model to write with.");
+  updateModes();
 }
 
 function newColumn(id) {
@@ -152,8 +154,25 @@ async function showInfo(node, id) {
   const bpb = m.bits_per_byte === null ? "unknown" : `${m.bits_per_byte.toFixed(3)} (${m.bits_per_byte_from})`;
   const rows = [["Checkpoint", m.source], ["Step", m.step ?? "unknown"],
                 ["Size", `${m.n_layer} layer${m.n_layer === 1 ? "" : "s"} × ${m.n_embd} wide, context ${m.block_size}`],
-                ["Vocabulary", m.vocab_size], ["Val bits/byte", bpb]];
+                ["Vocabulary", m.vocab_size], ["Val bits/byte", bpb],
+                ["Kind", m.chat ? "chat (instruction-tuned): continues and answers" : "story: continues only"]];
   dl.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
+  updateModes();
+}
+
+// ---- modes: continue a story, or ask the chat models for one ------------------------------------------------
+function updateModes() {
+  // Ask is offered once a chosen model is known to be a chat model; a story model asked anyway says why not
+  const chat = state.selected.some((id) => state.info.get(id)?.chat);
+  $("#mode-ask").disabled = !chat;
+  if (!chat && state.mode === "ask") setMode("continue");
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  $(`#mode-${mode}`).checked = true;
+  $("#prompt-field").hidden = mode !== "continue";
+  $("#request-field").hidden = mode !== "ask";
 }
 
 // ---- writing -------------------------------------------------------------------------------------------
@@ -168,14 +187,19 @@ async function write() {
   }
   const values = read.values;
   const seed = values.seed ?? Math.floor(Math.random() * 2 ** 31);  // one seed for every column
-  const prompt = $("#prompt").value;
+  const mode = state.mode, prompt = $(mode === "ask" ? "#request" : "#prompt").value;
+  if (mode === "ask" && !prompt.trim()) {
+    $("#request").focus();
+    status("Type a request first, such as: A story about a brave cat, please.", true);
+    return;
+  }
   const columns = [...$("#stories").children];
   if (!columns.length) return;
   $("#write").disabled = true;
   $("#stop").disabled = false;
   status(`Writing with seed ${seed}…`);
   if (window.matchMedia("(max-width: 760px)").matches) columns[0].scrollIntoView({ block: "start" });  // phones
-  const results = await Promise.all(columns.map((column) => stream(column, prompt, { ...values, seed })));
+  const results = await Promise.all(columns.map((column) => stream(column, mode, prompt, { ...values, seed })));
   $("#write").disabled = false;
   $("#stop").disabled = true;
   const stopped = results.includes("stopped"), failed = results.includes("error");
@@ -183,21 +207,26 @@ async function write() {
          `${stopped ? "Stopped" : "Done"} (seed ${seed}; type it into Seed to write the same again).`, failed);
 }
 
-async function stream(column, prompt, values) {
+async function stream(column, mode, prompt, values) {
+  // mode "continue": the story continues `prompt`; "ask": `prompt` is a request and the story is the answer
   const controller = new AbortController();
   state.running.set(column, controller);
-  const out = $(".new-text", column), speed = $(".speed", column);
-  $(".prompt-text", column).textContent = prompt;
+  const out = $(".new-text", column), speed = $(".speed", column), asked = $(".asked", column);
+  const ask = mode === "ask";
+  $(".prompt-text", column).textContent = ask ? "" : prompt;
+  asked.textContent = ask ? `Asked: ${prompt}` : "";
+  asked.hidden = !ask;
   out.textContent = "";
   speed.textContent = "";
   column.dataset.state = "writing";
   column.classList.remove("failed");
-  const body = { model: column.dataset.model, prompt, stream: true, stream_options: { include_usage: true },
+  const body = { model: column.dataset.model, stream: true, stream_options: { include_usage: true },
                  temperature: values.temperature, top_k: values.top_k, top_p: values.top_p,
-                 max_tokens: values.max_tokens, seed: values.seed };
+                 max_tokens: values.max_tokens, seed: values.seed,
+                 ...(ask ? { messages: [{ role: "user", content: prompt }] } : { prompt }) };
   let result = "done";
   try {
-    const response = await fetch("/v1/completions", {
+    const response = await fetch(ask ? "/v1/chat/completions" : "/v1/completions", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
       signal: controller.signal,
     });
@@ -221,7 +250,7 @@ async function stream(column, prompt, values) {
           if (data === "[DONE]") { finished = true; continue; }
           const chunk = JSON.parse(data);
           if (chunk.error) throw new Error(chunk.error.message);
-          for (const choice of chunk.choices) out.textContent += choice.text;
+          for (const choice of chunk.choices) out.textContent += (ask ? choice.delta.content : choice.text) ?? "";
           if (chunk.usage) {
             const t = chunk.timing;
             speed.textContent = `${chunk.usage.completion_tokens} tokens in ${t.seconds.toFixed(2)} s · ` +
@@ -254,9 +283,17 @@ function stop() {
 // ---- keyboard and start-up ------------------------------------------------------------------------------
 function keys() {
   $("#controls").addEventListener("submit", (e) => { e.preventDefault(); write(); });
-  $("#prompt").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); write(); }
-  });
+  for (const box of [$("#prompt"), $("#request")]) {
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); write(); }
+    });
+  }
+  for (const radio of document.querySelectorAll("input[name=mode]")) {
+    radio.addEventListener("change", () => {
+      setMode(radio.value);
+      $(radio.value === "ask" ? "#request" : "#prompt").focus();
+    });
+  }
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && state.running.size) { e.preventDefault(); stop(); }
     else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); write(); }
