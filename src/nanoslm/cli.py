@@ -165,7 +165,8 @@ def _serve(args) -> None:
         raise UserError(f"--port must be from 0 to 65535, got {args.port}")
     if args.max_engines < 1:
         raise UserError(f"--max-engines must be at least 1, got {args.max_engines}")
-    registry = Registry(args.checkpoint, args.repo, _hardware(args), max_engines=args.max_engines)
+    registry = Registry(args.checkpoint, args.repo, _hardware(args), max_engines=args.max_engines,
+                        measure_dtype=args.dtype == "auto")  # a dtype the user named is used as named
     if args.host not in LOOPBACK:
         print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can use "
               f"the models, without a password", flush=True)
@@ -264,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = commands.add_parser(
         "serve", help="a local web page and an OpenAI-compatible API that write stories, side by side",
         description="Serve a playground page (prompt, sampling settings, the story streaming in; DVC experiments "
-                    "side by side) and OpenAI's completions API (POST /v1/completions, GET /v1/models) plus GET "
-                    "/health. Offline: the page and its assets come with the package. Listens on 127.0.0.1 only, "
+                    "side by side; a chat model's request box) and OpenAI's completions and chat APIs (POST "
+                    "/v1/completions, POST /v1/chat/completions, GET /v1/models) plus GET /health. Offline: the page and its assets come with the package. Listens on 127.0.0.1 only, "
                     "unless --host says otherwise.")
     _add_checkpoint_arg(sv)
     sv.add_argument("--repo", default=".", metavar="DIR",

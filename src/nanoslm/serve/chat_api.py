@@ -21,8 +21,8 @@ UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "frequency_
 MAX_COMPLETION_TOKENS = replace(limits.MAX_TOKENS, name="max_completion_tokens")  # OpenAI's newer name
 
 NOT_CHAT = ("model {id!r} is not instruction-tuned: it continues stories (POST /v1/completions) but does not answer "
-            "requests; serve a chat model: the finetune stage's models/tuned/best.pt (dvc repro finetune), or one "
-            "pre-trained on stories and requests (a checkpoint with the chat ids)")
+            "requests; serve a chat model: one pre-trained with requests (requests.mix > 0, the default) or tuned on "
+            "conversations (the finetune stage's models/tuned/best.pt)")
 
 
 @dataclass(frozen=True)
