@@ -66,10 +66,12 @@ def test_without_mixing_pretraining_reads_the_tokenize_stages_tokens_byte_for_by
 
 @pytest.mark.parametrize("mix", [0.5, 1.0])
 def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_tokens, mix):
-    """The train stream holds every train story in order, whole; `mix` of them after the request derived from the
-    whole story, marked as conversation.render marks a user turn and the assistant's answer."""
+    """The train stream holds every train story in order, whole; `mix` of those whose whole conversation fits the
+    context come after the request derived from them, marked as conversation.render marks a user turn and the
+    assistant's answer; a story too long to answer whole stays plain."""
     raw, tokens = raw_and_tokens
-    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", 32, seed=7, mix=mix)
+    block_size = 96
+    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", block_size, seed=7, mix=mix)
     enc = gpt2_encoding()
     chat = ChatTokens.after(enc.n_vocab)
     meta = json.loads((tmp_path / "mixed" / "meta.json").read_text())
@@ -84,16 +86,19 @@ def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_t
         pieces.append(stream[at:end])
         at = end + 1
     assert len(pieces) == len(stories) == meta["splits"]["train"]["stories"]
-    mixed = 0
+    mixed = plain_that_fit = 0
     for i, (piece, story) in enumerate(zip(pieces, stories)):
+        request = derive(story, stats, random.Random(f"7:{i}"))
+        conversation = [chat.user, *enc.encode_ordinary(request.text), chat.end, chat.assistant,
+                        *enc.encode_ordinary(story), chat.end]
+        fits = len(conversation) + 1 <= block_size + 1  # with the EOT before it, as render counts
         if piece[0] != chat.user:
             assert piece == enc.encode_ordinary(story)
+            plain_that_fit += fits
             continue
         mixed += 1
-        request = derive(story, stats, random.Random(f"7:{i}"))
-        assert piece == [chat.user, *enc.encode_ordinary(request.text), chat.end, chat.assistant,
-                         *enc.encode_ordinary(story), chat.end]
-    assert mixed == counts["train"]["mixed"]
-    assert mixed == len(stories) if mix == 1.0 else 0.3 < mixed / len(stories) < 0.7
-    assert counts["train"]["cut"] > 0  # the 32-token context cut the jsonl's stories; pre-training keeps them whole
+        assert piece == conversation and fits
+    assert mixed == counts["train"]["mixed"] > 0
+    assert plain_that_fit == 0 if mix == 1.0 else 0.3 < mixed / (mixed + plain_that_fit) < 0.7
+    assert counts["train"]["cut"] > 0  # stories the jsonl cuts to fit are plain in pre-training
     assert (tmp_path / "mixed" / "validation.bin").read_bytes() == (tokens / "validation.bin").read_bytes()

@@ -1,14 +1,16 @@
 """The instruct stage: how well a chat checkpoint writes the story a request asks for (metrics/instruct.json).
 
 For each held-out request (data/requests/validation.jsonl: derived from validation stories only), a story is
-sampled with the sample settings under each seed, and checked by nanoslm.follow: required words present (with
-inflections), all of them, the name, dialogue, the required sentence, finished (ended at <|end|> after a full
-stop). Beside it: the same checks of each request against another validation story (chance), the share of the
-generated stories' word 8-grams found in the train split and the longest copied span (are the stories new?), and
-the checkpoint's bits per byte on the plain validation stories (does it still write well?). With instruct.nudge
-> 0, the stories are sampled again with a nudge towards the requested words (nanoslm.nudge), scored apart.
+sampled with the sample settings under each seed (as long as the context allows, not sample.max_new_tokens), and
+checked by nanoslm.follow: required words present (with inflections), all of them, the name, dialogue, the required
+sentence, finished (ended at <|end|> after a full stop). Beside it: the same checks of each request against another
+validation story (chance), the share of the generated stories' word 8-grams found in the train split and the
+longest copied span (are the stories new?), and the checkpoint's bits per byte on the plain validation stories
+(does it still write well?). With instruct.nudge > 0, the stories are sampled again with a nudge towards the
+requested words (nanoslm.nudge), scored apart.
 """
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from tqdm import tqdm
 
 from . import hardware
 from .atomic import write_json
-from .config import SampleConfig
+from .config import SampleConfig, Sampling
 from .conversation import ChatTokens, decode, render
 from .engine import collect, generators
 from .errors import UserError
@@ -46,21 +48,29 @@ def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampli
     stories = [r["messages"][-1]["content"] for r in records]
     prompts = [render([{"role": "user", "content": q.text}], enc, chat, reply=True)[0] for q in requests]
 
+    def room(batch: list[list[int]]) -> Sampling:
+        """The sample settings, with as many new tokens as the context holds after the batch's longest request: an
+        answer is finished when the model ends it within its context (sample.max_new_tokens would cut a whole
+        story the model can write short)."""
+        return dataclasses.replace(sampling, max_new_tokens=engine.block_size - max(len(p) for p in batch))
+
     def answers(process=None, label="") -> tuple[list[dict], list[str]]:
         """Each request's story under each seed (request i samples with seed + i, whatever its batch), checked."""
         scores, texts = [], []
         for seed in seeds:
-            new = []
+            new, limits = [], []
             for start in tqdm(range(0, len(prompts), ROWS), desc=f"instruct{label} seed {seed}", unit="batch",
                               file=sys.stderr):
                 rows = slice(start, start + ROWS)
                 nudge_rows = process(requests[rows], [len(p) for p in prompts[rows]]) if process else None
-                steps = engine.stream(prompts[rows], sampling, generators(seed + start, len(prompts[rows])),
+                batch = room(prompts[rows])
+                steps = engine.stream(prompts[rows], batch, generators(seed + start, len(prompts[rows])),
                                       process=nudge_rows)
                 new += collect(steps, len(prompts[rows]))
-            for request, ids in zip(requests, new):
+                limits += [batch.max_new_tokens] * len(prompts[rows])
+            for request, ids, limit in zip(requests, new, limits):
                 text = decode(ids, enc, chat).strip()
-                scores.append(score(request, text, ended=len(ids) < sampling.max_new_tokens))
+                scores.append(score(request, text, ended=len(ids) < limit))
                 texts.append(text)
         return scores, texts
 

@@ -1,14 +1,16 @@
 """The requests stage: each story of data/raw paired with a request derived from it, as conversations in OpenAI's
 fine-tuning format (data/requests/{train,validation}.jsonl: the finetune stage's default source and the instruct
 stage's requests), and the train stage's tokens (data/mixed): the train split with requests.mix of its stories
-pre-trained after their request (MixedTokens).
+pre-trained after their request (MixedTokens), among the stories whose whole conversation fits the context.
 
 A line is {"messages": [user: the request, assistant: the story], "request": its checkable constraints}: train
 requests from the train split (word statistics from it too), validation requests from the validation split only.
 A story whose conversation would not fit the model's context is cut after its last sentence that fits, and the
 request is derived from what is kept, so every request stays one its story satisfies; a story whose first
-sentence does not fit is left out. The counts of both are returned. Pre-training needs no cut (it reads windows
-of the stream), so there a story comes whole, with the request derived from all of it.
+sentence does not fit is left out. The counts of both are returned. Pre-training never cuts: a story that does not
+fit whole stays a plain story there, so a model learns to answer a request with a whole story it can write within
+its context, ending it at <|end|> (docs/experiments.md, 2026-12-05: whole stories past the context left a third of
+the answers unfinished).
 """
 
 import dataclasses
@@ -79,9 +81,10 @@ def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, see
                     def draw(text: str, i=i) -> Request:  # story i draws from random.Random(f"{seed}:{i}"), as
                         return derive(text, stats, random.Random(f"{seed}:{i}"))  # requests.derive_all does
                     found = fitted(story, fits, draw, story_fits)
-                    if split == "train":  # pre-training sees the whole story, so a request derived from all of it
-                        mixes = random.Random(f"{seed}:mix:{i}").random() < mix
-                        mixed.add(story, (found[1] if found and found[0] == story else draw(story)) if mixes else None)
+                    if split == "train":  # a request only where the whole story answers it within the context
+                        whole = found is not None and found[0] == story
+                        mixes = random.Random(f"{seed}:mix:{i}").random() < mix and whole
+                        mixed.add(story, found[1] if mixes else None)
                     if found is None:
                         left_out += 1
                         continue
