@@ -167,3 +167,20 @@ def chat_checkpoint(tmp_path_factory) -> Path:
     finetune(params, root / "models" / "best.pt", root / "ft", root / "tuned", root / "live-tuned",
              root / "tuned.png")
     return root / "tuned" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by selenium (the page tests); skipped where there is none, failed under CI=true."""
+    from nanoslm.serve import browser as page
+
+    try:
+        page.find_browser()
+        import selenium  # noqa: F401
+    except (RuntimeError, ImportError) as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser tests need headless Chromium and selenium in CI: {err}")
+        pytest.skip(f"no browser here: {err}")
+    driver = page.chrome(1280, 860)
+    yield driver
+    driver.quit()

@@ -195,15 +195,21 @@ def test_top_k_is_bounded_by_the_models_own_vocabulary():
     assert picked == Sampling(3, 0.8, 50)
 
 
-def test_a_huge_body_is_refused_before_it_is_read(server):
-    host, port = server.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:  # says 5 MiB, sends a little
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n{\"prompt\": \"yyyy" % (5 * 1024 * 1024))
+def oversized(url, path: str, start: bytes) -> tuple[bytes, bytes]:
+    """(head, body) of the answer to a request that says 5 MiB and sends only `start`."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (path.encode(), 5 * 1024 * 1024, start))
         reply = b""
         while b"}}" not in reply and (part := sock.recv(4096)):
             reply += part
     head, _, body = reply.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_a_huge_body_is_refused_before_it_is_read(server):
+    head, body = oversized(server, "/v1/completions", b'{"prompt": "yyyy')
     assert head.startswith(b"HTTP/1.1 413")
     error = json.loads(body)["error"]
     assert error["param"] == "prompt" and "at most 4194304 bytes" in error["message"]
@@ -237,13 +243,13 @@ def test_openai_client_sees_the_error(client, ckpt):
 
 
 # --- many clients at once --------------------------------------------------------------------------------
-def raw_request(url, body) -> socket.socket:
+def raw_request(url, body, path: str = "/v1/completions") -> socket.socket:
     """An HTTP request on a bare socket, so a test can stop reading or vanish mid-stream."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
     data = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
     return sock
 
 
@@ -326,7 +332,9 @@ def test_serve_help_states_the_host_choice(capsys):
         assert flag in out
 
 
-def test_serve_command_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
+def serve_then_ctrl_c(ckpt, tmp_path, path: str, body: dict, writing: bytes) -> None:
+    """`nanoslm serve` in a subprocess, Ctrl-C while a stream on `path` is being written (`writing` seen): it must
+    exit 0 with no traceback, after uvicorn's shutdown."""
     env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                DVC_NO_ANALYTICS="1")
     proc = subprocess.Popen([sys.executable, "-m", "nanoslm.cli", "serve", "--checkpoint", str(ckpt), "--repo",
@@ -336,8 +344,8 @@ def test_serve_command_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
         line = proc.stdout.readline()
         url = re.search(r"on (http://127\.0\.0\.1:\d+)/", line).group(1)
         assert get(f"{url}/health")["status"] == "ok"
-        sock = raw_request(url, {"prompt": "a", "max_tokens": 2000, "stream": True})
-        read_until(sock, b"data: ")  # a story is being written when Ctrl-C comes
+        sock = raw_request(url, {**body, "stream": True}, path)
+        read_until(sock, writing)
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
         sock.close()
@@ -348,6 +356,10 @@ def test_serve_command_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
     err = proc.stderr.read()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "Shutting down" in err
+
+
+def test_serve_command_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
+    serve_then_ctrl_c(ckpt, tmp_path, "/v1/completions", {"prompt": "a", "max_tokens": 2000}, b"data: ")
 
 
 # --- experiments ---------------------------------------------------------------------------------------------
@@ -501,20 +513,6 @@ def test_nanoslm_debug_shows_dvcs_whole_cause_in_serve(experiments, monkeypatch,
 
 
 # --- the page in a real browser ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        page.find_browser()
-        import selenium  # noqa: F401
-    except (RuntimeError, ImportError) as err:
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser tests need headless Chromium and selenium in CI: {err}")
-        pytest.skip(f"no browser here: {err}")
-    driver = page.chrome(1280, 860)
-    yield driver
-    driver.quit()
-
-
 def test_page_streams_a_story(browser, server, ckpt, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

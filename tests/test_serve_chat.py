@@ -4,20 +4,16 @@ machinery: the event batching and the measured choice of the generation dtype.""
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import CHAT_ANSWER, CHAT_QUESTION
+from test_serve import get, oversized, raw_request, read_until, serve_then_ctrl_c
 from nanoslm import checkpoint
 from nanoslm.config import GPTConfig
 from nanoslm.conversation import ChatTokens, render
@@ -30,7 +26,6 @@ from nanoslm.serve import browser as page
 from nanoslm.serve import chat_api, delivery, dtypes
 from nanoslm.serve.limits import ApiError
 
-REPO = Path(__file__).resolve().parents[1]
 CPU = Hardware(torch.device("cpu"), torch.float32)
 ASK = [{"role": "user", "content": CHAT_QUESTION}]
 LONG = {"max_tokens": 2000, "temperature": 2.0, "top_k": None, "seed": 3}  # a reply that runs on: random tokens
@@ -67,11 +62,6 @@ def story_server(tmp_path_factory):
 def client(server):
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed", max_retries=0, timeout=60)
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def post(url, body):
@@ -163,16 +153,7 @@ def test_bad_chat_input_is_a_4xx_naming_the_field(server, body, param, words):
 
 
 def test_a_huge_chat_body_is_refused_before_it_is_read(server):
-    import socket
-
-    host, port = server.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:  # says 5 MiB, sends a little
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n{\"messages\": [" % (5 * 1024 * 1024))
-        reply = b""
-        while b"}}" not in reply and (part := sock.recv(4096)):
-            reply += part
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, body = oversized(server, "/v1/chat/completions", b'{"messages": [')
     assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"]["param"] == "messages"
 
 
@@ -205,23 +186,7 @@ def test_a_story_model_or_a_conversation_longer_than_the_context_is_refused():
 
 # --- many clients at once, Ctrl-C -------------------------------------------------------------------------
 def raw_chat(url, body):
-    import socket
-
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    data = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
-    return sock
-
-
-def read_until(sock, marker: bytes) -> bytes:
-    got = b""
-    while marker not in got:
-        part = sock.recv(4096)
-        assert part, f"the connection closed before {marker!r}: {got[-300:]!r}"
-        got += part
-    return got
+    return raw_request(url, body, path="/v1/chat/completions")
 
 
 def read_chat_stream(url, body) -> tuple[str, list, dict]:
@@ -272,25 +237,8 @@ def test_four_chat_streams_and_a_vanished_client(server, chat_checkpoint):
 
 
 def test_serve_stops_on_ctrl_c_during_a_chat_stream(chat_checkpoint, tmp_path):
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               DVC_NO_ANALYTICS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "nanoslm.cli", "serve", "--checkpoint", str(chat_checkpoint),
-                             "--repo", str(tmp_path), "--port", "0", "--device", "cpu", "--dtype", "float32",
-                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        url = re.search(r"on (http://127\.0\.0\.1:\d+)/", proc.stdout.readline()).group(1)
-        sock = raw_chat(url, {"messages": ASK, **LONG, "stream": True})
-        read_until(sock, b"\"content\": \"")  # a reply is being written when Ctrl-C comes
-        proc.send_signal(signal.SIGINT)
-        proc.wait(20)
-        sock.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = proc.stderr.read()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err and "Shutting down" in err
+    serve_then_ctrl_c(chat_checkpoint, tmp_path, "/v1/chat/completions", {"messages": ASK, **LONG},
+                      b"\"content\": \"")  # a reply is being written when Ctrl-C comes
 
 
 # --- speed: event batching and the measured dtype ------------------------------------------------------------
@@ -357,20 +305,6 @@ def test_the_server_generates_in_the_faster_measured_dtype(monkeypatch, tmp_path
 
 
 # --- the page in a real browser ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        page.find_browser()
-        import selenium  # noqa: F401
-    except (RuntimeError, ImportError) as err:
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser tests need headless Chromium and selenium in CI: {err}")
-        pytest.skip(f"no browser here: {err}")
-    driver = page.chrome(1280, 860)
-    yield driver
-    driver.quit()
-
-
 def test_page_asks_a_chat_model_for_a_story(browser, server, chat_checkpoint):
     from selenium.webdriver.common.by import By
 

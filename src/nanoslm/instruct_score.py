@@ -49,10 +49,11 @@ def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampli
     prompts = [render([{"role": "user", "content": q.text}], enc, chat, reply=True)[0] for q in requests]
 
     def room(batch: list[list[int]]) -> Sampling:
-        """The sample settings, with as many new tokens as the context holds after the batch's longest request: an
-        answer is finished when the model ends it within its context (sample.max_new_tokens would cut a whole
-        story the model can write short)."""
-        return dataclasses.replace(sampling, max_new_tokens=engine.block_size - max(len(p) for p in batch))
+        """The sample settings, with as many new tokens as the context holds after the batch's shortest request: an
+        answer is finished when the model ends it within its context, after its own request (sample.max_new_tokens
+        would cut a whole story the model can write short). A longer request's row runs on, but only what it
+        writes within its own room counts."""
+        return dataclasses.replace(sampling, max_new_tokens=engine.block_size - min(len(p) for p in batch))
 
     def answers(process=None, label="") -> tuple[list[dict], list[str]]:
         """Each request's story under each seed (request i samples with seed + i, whatever its batch), checked."""
@@ -63,13 +64,13 @@ def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampli
                               file=sys.stderr):
                 rows = slice(start, start + ROWS)
                 nudge_rows = process(requests[rows], [len(p) for p in prompts[rows]]) if process else None
-                batch = room(prompts[rows])
-                steps = engine.stream(prompts[rows], batch, generators(seed + start, len(prompts[rows])),
+                steps = engine.stream(prompts[rows], room(prompts[rows]), generators(seed + start, len(prompts[rows])),
                                       process=nudge_rows)
                 new += collect(steps, len(prompts[rows]))
-                limits += [batch.max_new_tokens] * len(prompts[rows])
+                limits += [room([p]).max_new_tokens for p in prompts[rows]]
             for request, ids, limit in zip(requests, new, limits):
-                text = decode(ids, enc, chat).strip()
+                text = decode(ids[:limit], enc, chat).strip()  # what a longer request's row wrote past its room
+                                                               # is not its answer
                 scores.append(score(request, text, ended=len(ids) < limit))
                 texts.append(text)
         return scores, texts
