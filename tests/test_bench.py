@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import REPO
 from nanoslm import bench, cli
@@ -27,10 +28,14 @@ def lookup(result: dict, dotted: str):
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    """`nanoslm bench --json` on the tiny preset, 2 timed steps, 1 thread, random tokens, a 0.5 MB corpus."""
+    """`nanoslm bench --json` on the tiny preset, 2 timed steps, 1 thread, random tokens, a 0.5 MB corpus; params-ci's
+    model at GPT-2's very vocabulary (no requests mixed in, so no chat ids)."""
     cwd = tmp_path_factory.mktemp("bench")
+    params = yaml.safe_load((REPO / "params-ci.yaml").read_text())
+    params["requests"]["mix"], params["model"]["vocab_size"] = 0.0, 50257
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(
-        [sys.executable, "-m", "nanoslm.cli", "bench", "--params", str(REPO / "params-ci.yaml"), "--preset", "tiny",
+        [sys.executable, "-m", "nanoslm.cli", "bench", "--params", str(cwd / "params.yaml"), "--preset", "tiny",
          "--steps", "2", "--threads", "1", "--tokenize-corpus-mb", "0.5", "--tokens", str(cwd / "none"), "--json"],
         cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -67,7 +72,8 @@ def test_at_gpt2s_vocabulary_the_reference_is_the_same_vocab_one(result):
 def small_vocab(request):
     """The fast path at a 4,096-id vocabulary (as a pruned tokenizer gives) with AdamW or Muon: train phases only."""
     params = bench.apply_preset(load_params(REPO / "params-ci.yaml"), "tiny")
-    params = params.updated("tokenizer", vocab_size=4096).updated("model", vocab_size=4096).updated("train", optimizer=request.param)
+    params = params.updated("requests", mix=0.0).updated("tokenizer", vocab_size=4096).updated("model", vocab_size=4096)
+    params = params.updated("train", optimizer=request.param)
     params = params.updated("hardware", threads=1)
     return request.param, bench.run_bench(params, "default", steps=1, only="train")
 

@@ -170,6 +170,16 @@ def test_updated_checks_values_across_sections(tiny_params):
         tiny_params.updated("train", min_lr=1.0)
 
 
+def test_requests_in_pre_training_need_room_for_the_four_chat_ids(tiny_params):
+    """params-ci: tokenizer 50257, model 50261, requests.mix 0.5: the model holds the chat ids after GPT-2's."""
+    assert tiny_params.model.vocab_size == tiny_params.tokenizer.vocab_size + 4 and tiny_params.requests.mix > 0
+    with pytest.raises(ConfigError, match=r"'model.vocab_size' \(50257\) .* \+ the 4 chat ids .* set it to 50261"):
+        tiny_params.updated("model", vocab_size=50257)
+    assert tiny_params.updated("requests", mix=0.0).updated("model", vocab_size=50257).model.vocab_size == 50257
+    with pytest.raises(ConfigError, match="'requests.mix' must be between 0"):
+        tiny_params.updated("requests", mix=1.5)
+
+
 def test_a_sample_config_is_a_sampling(tiny_params):
     s = tiny_params.sample
     assert isinstance(s, Sampling)

@@ -27,7 +27,8 @@ VOCAB, BLOCK, BATCH = 64, 16, 8  # the batches use the first VOCAB ids
 
 
 def recipe(optimizer: str):
-    params = load_params(REPO / "params-ci.yaml").updated("tokenizer", vocab_size=257)  # the fewest ids allowed
+    params = load_params(REPO / "params-ci.yaml").updated("requests", mix=0.0)  # plain tokens: no chat ids
+    params = params.updated("tokenizer", vocab_size=257)  # the fewest ids allowed
     params = params.updated("model", vocab_size=257, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32,
                             dropout=0.0)
     return params.updated("train", optimizer=optimizer, lr=1e-2, muon_lr=2e-2, warmup_iters=0, grad_clip=1.0,

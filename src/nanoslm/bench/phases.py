@@ -67,7 +67,8 @@ def _train_setup(spec: dict, fast: bool):
 
     params = _params_from_dict(spec["params"])
     if not fast:
-        params = params.updated("model", vocab_size=spec["vocab_size"])
+        # a plain loop on plain tokens: no chat ids, whatever requests.mix says
+        params = params.updated("requests", mix=0.0).updated("model", vocab_size=spec["vocab_size"])
     tc, cfg = params.train, params.model
     hw = hardware.setup(params.hardware)
     if not fast:
