@@ -67,7 +67,7 @@ def score_requests(checkpoint_path, requests_path, train_txt, tokens_dir, sampli
                 steps = engine.stream(prompts[rows], room(prompts[rows]), generators(seed + start, len(prompts[rows])),
                                       process=nudge_rows)
                 new += collect(steps, len(prompts[rows]))
-                limits += [room([p]).max_new_tokens for p in prompts[rows]]
+                limits += [engine.block_size - len(p) for p in prompts[rows]]  # each answer's own room
             for request, ids, limit in zip(requests, new, limits):
                 text = decode(ids[:limit], enc, chat).strip()  # what a longer request's row wrote past its room
                                                                # is not its answer

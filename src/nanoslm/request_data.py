@@ -52,6 +52,11 @@ def fitted(story: str, fits, draw, story_fits) -> tuple[str, Request] | None:
     return None
 
 
+def conversation(request: Request, story: str) -> list[dict]:
+    """The request as the user's turn, the story as the assistant's."""
+    return [{"role": "user", "content": request.text}, {"role": "assistant", "content": story}]
+
+
 def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, seed: int, mix: float) -> dict:
     """Write out_dir/{split}.jsonl for both splits, and mixed_dir's tokens (MixedTokens); per split, the
     conversations written, cut and left out, and the train stories pre-trained with a request."""
@@ -61,9 +66,6 @@ def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, see
     chat = ChatTokens.after(enc.n_vocab)
     stats = WordStats.from_stories(iter_txt_stories(raw_dir / "train.txt"))
     counts = {}
-    def conversation(request: Request, story: str) -> list[dict]:
-        return [{"role": "user", "content": request.text}, {"role": "assistant", "content": story}]
-
     def fits(request: Request, story: str) -> bool:
         return len(render(conversation(request, story), enc, chat)[0]) <= block_size + 1
 
@@ -115,13 +117,11 @@ class MixedTokens:
 
     def add(self, story: str, request: Request | None) -> None:
         """Append a story, after its request where it has one."""
-        body = self.enc.encode_ordinary(story)
-        if request is not None:
-            chat = self.chat
-            self.ids += [chat.user, *self.enc.encode_ordinary(request.text), chat.end, chat.assistant, *body, chat.end]
+        if request is not None:  # as conversation.render writes it, less the EOT the stream already has before it
+            self.ids += render(conversation(request, story), self.enc, self.chat)[0][1:]
             self.conversations += 1
         else:
-            self.ids += body
+            self.ids += self.enc.encode_ordinary(story)
         self.ids.append(self.enc.eot_token)
         self.stories += 1
         self.bytes += len(story.encode("utf-8"))
