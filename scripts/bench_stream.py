@@ -6,12 +6,11 @@ The server runs in a child process (`nanoslm serve --port 0`, the same --dtype a
 runs the engine itself. Each round times the engine, then one streamed request to /v1/completions (and
 /v1/chat/completions too for a chat model) with the same prompt, seed and settings, so both make the same
 tokens, and the two measurements are interleaved: a machine that gets busier or quieter meanwhile moves both.
-Engine: from the first step to the last token, in tokens/s, run twice a round: on the main thread (as `nanoslm
-generate` runs it) and on a second thread (as the server's worker runs it). They differ on a busy machine: with 2
-torch threads, libgomp's spinning barriers make the main thread's run collapse several-fold under load (2026-12-05:
-15-45 tokens/s against 300 on a thread; OMP_WAIT_POLICY=PASSIVE undoes it). Server: what a client sees, from
-sending the request to `data: [DONE]`. Prints one JSON line per round, then the medians and the ratios of the
-server to each.
+Engine: from the first step to the last token, in tokens/s, on this process's main thread, as `nanoslm
+generate` runs it. (Not on a second thread: this process's main thread has an OpenMP team of its own, which
+would slow it, while the server's worker is the one thread of its process that runs torch; docs/benchmarks.md,
+2026-12-05 12:25.) Server: what a client sees, from sending the request to `data: [DONE]`. Prints one JSON line
+per round, then the medians and the ratio of the server to the engine.
 """
 
 import argparse
@@ -22,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -59,22 +57,11 @@ def server_round(url: str, route: str, body: dict) -> dict:
             "server_reported_tok_s": usage["timing"]["tokens_per_second"]}
 
 
-def engine_round(engine, prompt_ids: list[int], sampling: Sampling, seed: int, on_thread: bool) -> dict:
-    out = {}
-
-    def run():
-        start, tokens = time.perf_counter(), 0
-        for _ in engine.stream([prompt_ids], sampling, generators(seed, 1)):
-            tokens += 1
-        out.update(tokens=tokens, seconds=time.perf_counter() - start)
-
-    if on_thread:
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join()
-    else:
-        run()
-    return out
+def engine_round(engine, prompt_ids: list[int], sampling: Sampling, seed: int) -> dict:
+    start, tokens = time.perf_counter(), 0
+    for _ in engine.stream([prompt_ids], sampling, generators(seed, 1)):
+        tokens += 1
+    return {"tokens": tokens, "seconds": time.perf_counter() - start}
 
 
 def main(argv=None) -> None:
@@ -86,8 +73,6 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="auto", help="auto (the server measures), float32 or bfloat16")
     parser.add_argument("--prompt", default="Once upon a time")
     parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--engine-on", choices=("both", "main", "thread"), default="both",
-                        help="where the engine's own runs happen: the main thread, a second thread, or both")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as repo:  # an empty --repo: no experiments to list
@@ -114,20 +99,16 @@ def run(args, url: str) -> None:
                                                                          reply=True)[0])
     print(json.dumps({"checkpoint": args.checkpoint, "dtype": info.get("dtype", args.dtype),
                       "threads": torch.get_num_threads(), "load_average": os.getloadavg()}))
-    places = {"both": ("main", "thread"), "main": ("main",), "thread": ("thread",)}[args.engine_on]
-    results = {route: {**{f"engine_{p}": [] for p in places}, "server": []} for route in routes}
+    results = {route: {"engine": [], "server": []} for route in routes}
     for i in range(args.rounds + 1):  # round 0 warms both up and is not counted
         seed = 1000 + i
         for route, (fields, ids) in routes.items():
-            row = {"round": i, "route": route}
-            for place in places:  # the server's turn comes between the engine's two
-                e = engine_round(engine, ids, sampling, seed, on_thread=place == "thread")
-                row[f"engine_{place}_tok_s"] = round(e["tokens"] / e["seconds"], 1)
-                if place == places[0]:
-                    s = server_round(url, route, {**fields, "max_tokens": args.tokens, "temperature": args.temperature,
-                                                  "top_k": 200, "seed": seed})
-                    row["server_tok_s"] = round(s["tokens"] / s["seconds"], 1)
-            row.update(server_reported_tok_s=s["server_reported_tok_s"], tokens=[e["tokens"], s["tokens"]])
+            e = engine_round(engine, ids, sampling, seed)
+            s = server_round(url, route, {**fields, "max_tokens": args.tokens, "temperature": args.temperature,
+                                          "top_k": 200, "seed": seed})
+            row = {"round": i, "route": route, "engine_tok_s": round(e["tokens"] / e["seconds"], 1),
+                   "server_tok_s": round(s["tokens"] / s["seconds"], 1),
+                   "server_reported_tok_s": s["server_reported_tok_s"], "tokens": [e["tokens"], s["tokens"]]}
             print(json.dumps(row), flush=True)
             if i:
                 for key in results[route]:
@@ -135,8 +116,7 @@ def run(args, url: str) -> None:
     for route, r in results.items():
         median = {key: statistics.median(values) for key, values in r.items()}
         print(json.dumps({"route": route, **{f"median_{k}_tok_s": v for k, v in median.items()},
-                          **{f"server_over_{k}": round(median["server"] / v, 3) for k, v in median.items()
-                             if k != "server"},
+                          "server_over_engine": round(median["server"] / median["engine"], 3),
                           "load_average": os.getloadavg()}))
 
 

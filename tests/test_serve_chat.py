@@ -24,6 +24,7 @@ from nanoslm.model import GPT
 from nanoslm.serve import Registry, running
 from nanoslm.serve import browser as page
 from nanoslm.serve import chat_api, delivery, dtypes
+from nanoslm.serve.generation import Scheduler
 from nanoslm.serve.limits import ApiError
 
 CPU = Hardware(torch.device("cpu"), torch.float32)
@@ -302,6 +303,42 @@ def test_the_server_generates_in_the_faster_measured_dtype(monkeypatch, tmp_path
     assert set(trials) == {torch.bfloat16, torch.float32} and len(trials) == 2 * dtypes.ROUNDS
     trials.clear()
     assert asyncio.run(info(CPU))["dtype"] == "float32" and trials == []
+
+
+def test_the_scheduler_runs_a_call_on_its_worker_thread_and_passes_back_errors():
+    """Scheduler.run: the server's one thread for torch's work (generation.py says why)."""
+    scheduler = Scheduler()
+
+    def fails():
+        raise ValueError("no such model")
+
+    async def calls():
+        name = await scheduler.run(lambda: threading.current_thread().name)
+        with pytest.raises(ValueError, match="no such model"):
+            await scheduler.run(fails)
+        return name
+
+    try:
+        assert asyncio.run(calls()) == "nanoslm-generate"
+    finally:
+        scheduler.close()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        asyncio.run(scheduler.run(lambda: None))
+
+
+def test_the_server_loads_its_models_on_the_generation_thread(monkeypatch, chat_checkpoint):
+    """Loading on any other thread that lives on left libgomp managing more threads than cores, which halved one
+    stream's tokens/s on 2 cores (docs/benchmarks.md, 2026-12-05 12:25)."""
+    threads, load = [], Registry._load
+
+    def recording(self, entry):
+        threads.append(threading.current_thread().name)
+        return load(self, entry)
+
+    monkeypatch.setattr(Registry, "_load", recording)
+    with running(Registry(chat_checkpoint, None, CPU)) as url:
+        assert post(f"{url}/v1/chat/completions", {"messages": ASK, "max_tokens": 2})[0] == 200
+    assert threads == ["nanoslm-generate"]
 
 
 # --- the page in a real browser ----------------------------------------------------------------------------------

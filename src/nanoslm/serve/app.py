@@ -32,6 +32,12 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
     """The app; it owns `scheduler` (made here when None) and closes it at shutdown."""
     scheduler = scheduler or Scheduler()
 
+    async def load(entry) -> Loaded:
+        try:
+            return await registry.load(entry, scheduler.run)  # torch's work stays on the worker (generation.py)
+        except RuntimeError as err:  # the scheduler is closed
+            raise ApiError(503, str(err), code="shutting_down") from None
+
     async def index(request: Request) -> Response:
         return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
 
@@ -55,19 +61,19 @@ def create_app(registry: Registry, scheduler: Optional[Scheduler] = None) -> Sta
 
     async def model_info(request: Request) -> Response:
         entry = await registry.find(request.query_params.get("id"))
-        return JSONResponse((await registry.load(entry)).info)
+        return JSONResponse((await load(entry)).info)
 
     async def completions(request: Request) -> Response:
         req = protocol.parse_completion(protocol.parse_json(await _body(request)))
         entry = await registry.find(req.model)
-        loaded = await registry.load(entry)
+        loaded = await load(entry)
         prompts = [loaded.enc.encode_ordinary(p) for p in req.prompts for _ in range(req.n)]
         return await generate(request, req, entry.id, loaded, prompts, protocol.Shaper)
 
     async def chat_completions(request: Request) -> Response:
         req = chat_api.parse_chat(protocol.parse_json(await _body(request, "messages", "messages of at most")))
         entry = await registry.find(req.model)
-        loaded = await registry.load(entry)
+        loaded = await load(entry)
         ids = chat_api.prompt_ids(entry.id, req.messages, loaded.enc, loaded.chat, loaded.engine.block_size)
         return await generate(request, req, entry.id, loaded, [ids] * req.n, chat_api.ChatShaper)
 

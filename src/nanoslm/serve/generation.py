@@ -7,7 +7,16 @@ the request's event loop and puts the job back at the tail: concurrent requests 
 whatever models they use, so none waits for another to finish and the cores are never oversubscribed. A job
 whose client has gone is dropped at its next turn (its generator closed), so no work outlives its reader. A
 slow reader does not hold the worker up: its text waits in its own queue (at most max_tokens pieces).
+
+The worker also loads the models (`Scheduler.run`), so that one thread does all of torch's work. Each thread that
+runs torch's parallel code keeps its own team of OpenMP threads, and libgomp's teams stop spinning between
+parallel regions while it manages more threads than there are cores: one live thread that had loaded a model,
+say a pool thread of asyncio.to_thread, halved the worker's tokens/s on 2 cores (docs/benchmarks.md, 2026-12-05
+12:25).
 """
+
+import asyncio
+import concurrent.futures
 
 import logging
 import threading
@@ -146,6 +155,7 @@ class Scheduler:
 
     def __init__(self):
         self._queue: deque[Job] = deque()
+        self._calls: deque[tuple[concurrent.futures.Future, Callable, tuple]] = deque()  # run() asks, in order
         self._cv = threading.Condition()
         self._closed = False
         self._running: Optional[Job] = None  # the job the worker is stepping, out of the queue meanwhile
@@ -160,6 +170,16 @@ class Scheduler:
             self._queue.append(job)
             self.stats["submitted"] += 1
             self._cv.notify()
+
+    async def run(self, fn: Callable, *args):
+        """fn(*args) on the worker thread, between two turns (the module docstring says why); awaits its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._calls.append((future, fn, args))
+            self._cv.notify()
+        return await asyncio.wrap_future(future)
 
     def snapshot(self) -> dict:
         with self._cv:
@@ -176,22 +196,38 @@ class Scheduler:
             self._closed = True
             for job in [*self._queue, *filter(None, [self._running])]:
                 job.cancel()
+            for future, _, _ in self._calls:
+                future.cancel()
+            self._calls.clear()
             self._cv.notify_all()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._calls and not self._closed:
                     self._cv.wait()
-                if not self._queue:
-                    return
-                job = self._running = self._queue.popleft()
+                call = self._calls.popleft() if self._calls else None
+                if call is None:
+                    if not self._queue:
+                        return
+                    job = self._running = self._queue.popleft()
+            if call is not None:
+                self._call(*call)
+                continue
             try:
                 self._turn(job)
             finally:
                 with self._cv:
                     self._running = None
+
+    def _call(self, future: concurrent.futures.Future, fn: Callable, args: tuple) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 - the caller's await raises it
+            future.set_exception(err)
 
     def _turn(self, job: Job) -> None:
         if job.cancelled:

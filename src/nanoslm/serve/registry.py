@@ -1,8 +1,9 @@
 """The models a server offers and the engines it keeps loaded (cache and locks); knows nothing of DVC or HTTP.
 
 What there is: the --checkpoint file and --repo's DVC experiments (listed by experiments.py), found by the id a
-request names. Engines are loaded on first use, on a thread, one load per model however many requests ask at
-once, and the few most recently used stay in memory."""
+request names. Engines are loaded on first use, off the event loop (on the server's generation thread: see
+generation.py), one load per model however many requests ask at once, and the few most recently used stay in
+memory."""
 
 import asyncio
 import contextlib
@@ -12,7 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from .. import checkpoint, hardware
 from ..conversation import ChatTokens
@@ -101,7 +102,8 @@ class Registry:
         return wanted
 
     # --- engines -------------------------------------------------------------------------------------------
-    async def load(self, entry: ModelEntry) -> Loaded:
+    async def load(self, entry: ModelEntry, run: Callable[..., Awaitable] = asyncio.to_thread) -> Loaded:
+        """The entry's engine, loaded by `run(fn, *args)` unless in the cache; the server passes Scheduler.run."""
         key = self._key(entry)
         if key in self._engines:
             self._engines.move_to_end(key)
@@ -110,7 +112,7 @@ class Registry:
         async with lock:  # one load per model, however many requests ask at once
             if key not in self._engines:
                 try:
-                    loaded = await asyncio.to_thread(self._load, entry)
+                    loaded = await run(self._load, entry)
                 except UserError as err:
                     raise ApiError(409, f"model {entry.id!r} cannot be loaded: {err}", param="model",
                                    code="model_not_loadable") from None
