@@ -12,5 +12,5 @@ if __name__ == "__main__":
         raw_dir, tokens_dir, out_dir, mixed_dir = sys.argv[1:]
         params = load_params()
         counts = write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, params.model.block_size, params.train.seed,
-                                params.requests.mix)
+                                params.requests.mix, params.requests.spare)
         print(f"requests: {counts}")

@@ -7,16 +7,27 @@ import torch
 from nanoslm.batches import Passes, random_offsets, train_windows
 
 BLOCK = 16
+EOT = 99
+
+
+def stream(lengths) -> np.ndarray:
+    """A train split as tokenize writes it: end-of-text, then each story (ids 1-50) and end-of-text."""
+    rng = np.random.default_rng(0)
+    pieces = [[EOT]] + [[*rng.integers(1, 50, n).tolist(), EOT] for n in lengths]
+    return np.array([t for p in pieces for t in p], np.uint16)
+
+
+DATA = stream(np.random.default_rng(1).integers(2, 40, 60))  # stories from 2 to 39 tokens: some past a window
 
 
 def starts(passes: Passes, steps: range, micro: int = 2, batch: int = 3) -> np.ndarray:
     return np.concatenate([passes.step(s, micro, batch).ravel() for s in steps])
 
 
-@pytest.mark.parametrize("kind", ["passes", "random"])
+@pytest.mark.parametrize("kind", ["stories", "passes", "random"])
 @pytest.mark.parametrize("tokens", [BLOCK + 1, 2 * BLOCK, 1000, 1000 + BLOCK - 1])
 def test_every_window_fits(kind, tokens):
-    got = starts(train_windows(kind, 7, tokens, BLOCK), range(40))
+    got = starts(train_windows(kind, 7, np.zeros(tokens, np.uint16), BLOCK, EOT), range(40))
     assert got.min() >= 0 and got.max() + BLOCK + 1 <= tokens
 
 
@@ -33,20 +44,42 @@ def test_one_pass_shows_each_window_once():
     assert not np.array_equal(first, second)  # each pass has an order (and a shift) of its own
 
 
-@pytest.mark.parametrize("kind", ["passes", "random"])
+def test_story_windows_show_each_story_whole_once_a_pass():
+    """A pass has one window per story that fits a window, holding the end-of-text before it and its last token's
+    target (the next end-of-text), and a window every BLOCK tokens of a longer one; the windows begin at
+    different distances before their story."""
+    sampler = train_windows("stories", 7, DATA, BLOCK, EOT)
+    bounds = np.flatnonzero(DATA == EOT)
+    fit = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b - a <= BLOCK]
+    long = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b - a > BLOCK]
+    assert fit and long, "the test wants both kinds of story"
+    per_step = 6
+    got = starts(sampler, range(2 * sampler.slots // per_step + 1))
+    for one in (got[: sampler.slots], got[sampler.slots : 2 * sampler.slots]):
+        assert len(one) == len(fit) + sum(-(-(b - a) // BLOCK) for a, b in long)
+        for a, b in fit:  # a story's window holds from its end-of-text to the next (the last target)
+            assert sum(1 for o in one if o <= a and b <= o + BLOCK) >= 1
+        for a, b in long:
+            assert {min(o, len(DATA) - BLOCK - 1) for o in range(a, b, BLOCK)} <= set(one.tolist())  # the last fits
+        assert one.min() >= 0 and one.max() + BLOCK + 1 <= len(DATA)
+        assert 0 < np.isin(one, bounds).sum() < len(one)  # some windows begin at an end-of-text, not all
+    assert not np.array_equal(got[: sampler.slots], got[sampler.slots : 2 * sampler.slots])
+
+
+@pytest.mark.parametrize("kind", ["stories", "passes", "random"])
 def test_steps_depend_on_the_step_alone(kind):
     """A resumed run builds a fresh sampler and asks for step k: it must get what an unbroken run got."""
-    whole = train_windows(kind, 7, 1000, BLOCK)
+    whole = train_windows(kind, 7, DATA, BLOCK, EOT)
     unbroken = [whole.step(s, 2, 3) for s in range(200)]
-    fresh = train_windows(kind, 7, 1000, BLOCK)
+    fresh = train_windows(kind, 7, DATA, BLOCK, EOT)
     for s in (150, 3, 199, 80):
         np.testing.assert_array_equal(fresh.step(s, 2, 3), unbroken[s])
     assert fresh.step(0, 2, 3).shape == (2, 3)
 
 
-@pytest.mark.parametrize("kind", ["passes", "random"])
+@pytest.mark.parametrize("kind", ["stories", "passes", "random"])
 def test_seed_changes_the_windows(kind):
-    a, b = (starts(train_windows(kind, seed, 1000, BLOCK), range(5)) for seed in (1, 2))
+    a, b = (starts(train_windows(kind, seed, DATA, BLOCK, EOT), range(5)) for seed in (1, 2))
     assert not np.array_equal(a, b)
 
 
@@ -55,16 +88,16 @@ def test_random_windows_are_the_earlier_sampler():
     data = np.zeros(1000, np.uint16)
     stream = np.random.default_rng(7)
     earlier = [random_offsets(stream, data, 6, BLOCK).reshape(2, 3) for _ in range(50)]
-    unbroken = train_windows("random", 7, len(data), BLOCK)
+    unbroken = train_windows("random", 7, data, BLOCK, EOT)
     assert all(np.array_equal(unbroken.step(s, 2, 3), earlier[s]) for s in range(50))
-    resumed = train_windows("random", 7, len(data), BLOCK)
+    resumed = train_windows("random", 7, data, BLOCK, EOT)
     resumed.REPLAY_CHUNK = 5  # replay in pieces that split steps
     assert all(np.array_equal(resumed.step(s, 2, 3), earlier[s]) for s in range(31, 50))
 
 
 def test_random_windows_are_no_tiling():
     """The with-replacement draw: starts anywhere, so windows overlap instead of tiling the data."""
-    got = train_windows("random", 7, 1000, BLOCK).step(0, 1, 60).ravel()
+    got = train_windows("random", 7, DATA, BLOCK, EOT).step(0, 1, 60).ravel()
     assert len(set((got % BLOCK).tolist())) > 1
 
 

@@ -31,7 +31,8 @@ def test_each_conversation_fits_and_its_story_meets_its_request(tmp_path, raw_an
     """A short context cuts stories at a sentence end and derives the request from what is kept, never dropping a
     requirement the kept story does not meet; a long one keeps them whole."""
     raw, tokens = raw_and_tokens
-    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", block_size, seed=7, mix=0.5)
+    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", block_size, seed=7, mix=0.5,
+                            spare=0)
     enc = gpt2_encoding()
     for split, n in (("train", 120), ("validation", 20)):
         path = tmp_path / "requests" / f"{split}.jsonl"
@@ -49,14 +50,14 @@ def test_each_conversation_fits_and_its_story_meets_its_request(tmp_path, raw_an
 def test_the_same_seed_writes_the_same_requests(tmp_path, raw_and_tokens):
     raw, tokens = raw_and_tokens
     for name in "ab":
-        write_requests(raw, tokens, tmp_path / name, tmp_path / name / "mixed", 256, seed=3, mix=0.5)
+        write_requests(raw, tokens, tmp_path / name, tmp_path / name / "mixed", 256, seed=3, mix=0.5, spare=0)
     for path in ("train.jsonl", "mixed/train.bin"):
         assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
 
 
 def test_without_mixing_pretraining_reads_the_tokenize_stages_tokens_byte_for_byte(tmp_path, raw_and_tokens):
     raw, tokens = raw_and_tokens
-    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", 256, seed=7, mix=0.0)
+    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", 256, seed=7, mix=0.0, spare=0)
     assert counts["train"]["mixed"] == 0
     for name in ("train.bin", "validation.bin"):
         assert (tmp_path / "mixed" / name).read_bytes() == (tokens / name).read_bytes()
@@ -64,14 +65,15 @@ def test_without_mixing_pretraining_reads_the_tokenize_stages_tokens_byte_for_by
     assert meta["chat"] is None and meta["splits"] == plain["splits"]
 
 
-@pytest.mark.parametrize("mix", [0.5, 1.0])
-def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_tokens, mix):
+@pytest.mark.parametrize("mix, spare", [(0.5, 0), (1.0, 0), (1.0, 8)])
+def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_tokens, mix, spare):
     """The train stream holds every train story in order, whole; `mix` of those whose whole conversation fits the
-    context come after the request derived from them, marked as conversation.render marks a user turn and the
-    assistant's answer; a story too long to answer whole stays plain."""
+    context with `spare` tokens left over come after the request derived from them, marked as conversation.render
+    marks a user turn and the assistant's answer; a story too long to answer whole stays plain."""
     raw, tokens = raw_and_tokens
     block_size = 96
-    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", block_size, seed=7, mix=mix)
+    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", block_size, seed=7, mix=mix,
+                            spare=spare)
     enc = gpt2_encoding()
     chat = ChatTokens.after(enc.n_vocab)
     meta = json.loads((tmp_path / "mixed" / "meta.json").read_text())
@@ -91,7 +93,7 @@ def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_t
         request = derive(story, stats, random.Random(f"7:{i}"))
         conversation = [chat.user, *enc.encode_ordinary(request.text), chat.end, chat.assistant,
                         *enc.encode_ordinary(story), chat.end]
-        fits = len(conversation) + 1 <= block_size + 1  # with the EOT before it, as render counts
+        fits = len(conversation) + 1 <= block_size + 1 - spare  # with the EOT before it, as render counts
         if piece[0] != chat.user:
             assert piece == enc.encode_ordinary(story)
             plain_that_fit += fits

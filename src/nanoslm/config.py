@@ -24,7 +24,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZERS = ("gpt2",)
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
-WINDOWS = ("passes", "random")
+WINDOWS = ("stories", "passes", "random")
 
 
 def cpu_threads(threads: int) -> int:
@@ -106,7 +106,7 @@ class TrainConfig(Section):
     muon_lr: float  # Muon's peak learning rate (optimizer: muon); lr stays AdamW's
     schedule: str  # cosine | wsd (warmup, stable at the peak, linear decay over the last decay_frac)
     decay_frac: float  # wsd: fraction of lr_decay_iters spent decaying to min_lr
-    windows: str  # passes | random: train windows drawn without or with replacement (batches.py)
+    windows: str  # stories | passes | random: windows anchored on stories, tiled, or drawn at random (batches.py)
 
     def validate(self):
         self._positive("batch_size", "grad_accum_steps", "lr", "eval_interval", "eval_iters", "log_interval",
@@ -152,11 +152,13 @@ class FinetuneConfig(Section):
 class RequestsConfig(Section):
     SECTION = "requests"
     mix: float  # share of train stories pre-trained as a conversation: a request derived from the story, then it
+    spare: int  # ... among those whose conversation leaves at least this many tokens of the context unused
 
     def validate(self):
         if not 0 <= self.mix <= 1:
             self._fail("mix", f"must be between 0 (plain stories only) and 1 (a request before every story), "
                               f"got {self.mix}")
+        self._at_least_zero("spare")
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,9 @@ class Params:
             plus = f" + the {chat_ids} chat ids of requests.mix > 0" if chat_ids else ""
             raise ConfigError("model.vocab_size", f"({self.model.vocab_size}) must be at least tokenizer.vocab_size "
                                                   f"({self.tokenizer.vocab_size}){plus}; set it to {needed}")
+        if self.requests.spare >= self.model.block_size:
+            raise ConfigError("requests.spare", f"({self.requests.spare}) must be less than model.block_size "
+                                                f"({self.model.block_size}), or no story could carry a request")
         self.sample.check(self.model.vocab_size)
         accum, procs = self.train.grad_accum_steps, self.hardware.nproc_per_node
         if accum % procs:
