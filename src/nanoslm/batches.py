@@ -71,83 +71,64 @@ class Passes:
     as often as the next, which scored lower validation loss on the small shared sample than RandomWindows
     (docs/experiments.md, 2026-12-03 afternoon).
 
+    With `whole` (conversations' (starts, ends), from `conversations`), a window whose tile would begin inside a
+    conversation begins at the conversation's start instead: every conversation (shorter than a window, as
+    requests.spare makes them) is seen whole, its request in view of all its story, once a pass. Tiles cut most
+    conversations in two, and the part after the cut was learned without its request (docs/experiments.md,
+    2026-12-05 13:30). Plain stories keep their tiles.
+
     A step's windows depend only on the step number, so a resumed run draws what an uninterrupted one would
     and every rank draws the same (nothing to save, nothing to broadcast).
     """
 
-    def __init__(self, seed: int, tokens: int, block_size: int):
+    def __init__(self, seed: int, tokens: int, block_size: int,
+                 whole: tuple[np.ndarray, np.ndarray] | None = None):
         self.seed, self.block_size = seed, block_size
         self.slots = max(1, (tokens - block_size) // block_size)  # windows per pass; each needs block_size + 1
         self.max_shift = min(block_size - 1, tokens - 1 - self.slots * block_size)
-        self._pass, self._shift, self._order = -1, 0, np.empty(0, np.int64)
+        self.whole = whole
+        self._pass, self._starts = -1, np.empty(0, np.int64)
 
-    def _tiling(self, pass_: int) -> tuple[int, np.ndarray]:
+    def _tiling(self, pass_: int) -> np.ndarray:
+        """The window starts of a pass, in the order the pass shows them."""
         if pass_ != self._pass:  # a pass lasts many steps: draw its tiling once
             rng = np.random.default_rng([self.seed, pass_])
-            self._pass, self._shift, self._order = pass_, int(rng.integers(0, self.max_shift + 1)), \
-                rng.permutation(self.slots)
-        return self._shift, self._order
+            shift, order = int(rng.integers(0, self.max_shift + 1)), rng.permutation(self.slots)
+            starts = shift + np.arange(self.slots, dtype=np.int64) * self.block_size
+            if self.whole is not None and len(self.whole[0]):
+                begins, ends = self.whole
+                inside = np.maximum(np.searchsorted(begins, starts, side="right") - 1, 0)
+                cut = (begins[inside] < starts) & (starts < ends[inside])
+                starts[cut] = begins[inside[cut]]
+            self._pass, self._starts = pass_, starts[order]
+        return self._starts
 
     def step(self, step: int, micro_batches: int, batch_size: int) -> np.ndarray:
         """Window starts of optimizer step `step`, (micro_batches, batch_size)."""
         count = micro_batches * batch_size
         out = np.empty(count, np.int64)
         for i, n in enumerate(range(step * count, (step + 1) * count)):
-            shift, order = self._tiling(n // self.slots)
-            out[i] = shift + order[n % self.slots] * self.block_size
+            out[i] = self._tiling(n // self.slots)[n % self.slots]
         return out.reshape(micro_batches, batch_size)
 
 
-class Stories:
-    """The train windows anchored on the stories: pass e shows each story in a window that holds it whole from its
-    end-of-text on (its request too, in a conversation), in a random order; a story longer than the context gets
-    one window per block_size tokens of it. Tiling windows cut most conversations in two, and the story's second
-    part was learned without the request in view (docs/experiments.md, 2026-12-05 13:00).
-
-    Each window begins a random number of tokens before its story (at most what the context has to spare after
-    it), drawn from (seed, e) as the order is, so a window's first positions hold any token, as validation's
-    windows and a long prompt's do, not always an end-of-text. The rest of the context after the story is the
-    next story's beginning. A step's windows depend on the step alone, as with Passes.
-    """
-
-    SCAN = 1 << 24  # tokens read at a time to find the stories: memory stays flat on the hub's split
-
-    def __init__(self, seed: int, data: np.ndarray, block_size: int, eot: int):
-        self.seed, self.block_size = seed, block_size
-        bounds = np.concatenate([[0], *(np.flatnonzero(data[i : i + self.SCAN] == eot) + i
-                                        for i in range(0, len(data), self.SCAN))])
-        bounds = np.unique(bounds)  # a split begins with an end-of-text: 0 once
-        bounds = bounds[bounds < len(data) - 1]  # ... and ends with one, which begins no story
-        lengths = np.diff(np.append(bounds, len(data)))  # a story and the end-of-text before it
-        chunks = np.maximum(1, -(-lengths // block_size))
-        self.starts = np.repeat(bounds, chunks) + block_size * (np.arange(chunks.sum()) - np.repeat(
-            np.cumsum(chunks) - chunks, chunks))  # a long story: a window every block_size tokens
-        self.lead = np.repeat(np.maximum(0, block_size - lengths), chunks) * (np.repeat(chunks, chunks) == 1)
-        self.last = len(data) - block_size - 1  # the latest start whose window (and its next token) is in the data
-        self.slots = len(self.starts)
-        self._pass, self._order, self._starts = -1, np.empty(0, np.int64), np.empty(0, np.int64)
-
-    def _draw(self, pass_: int) -> tuple[np.ndarray, np.ndarray]:
-        if pass_ != self._pass:
-            rng = np.random.default_rng([self.seed, pass_])
-            back = np.minimum(self.starts, (rng.random(self.slots) * (self.lead + 1)).astype(np.int64))
-            self._pass, self._order = pass_, rng.permutation(self.slots)
-            self._starts = np.clip(self.starts - back, 0, self.last)
-        return self._order, self._starts
-
-    def step(self, step: int, micro_batches: int, batch_size: int) -> np.ndarray:
-        """Window starts of optimizer step `step`, (micro_batches, batch_size)."""
-        count = micro_batches * batch_size
-        out = np.empty(count, np.int64)
-        for i, n in enumerate(range(step * count, (step + 1) * count)):
-            order, starts = self._draw(n // self.slots)
-            out[i] = starts[order[n % self.slots]]
-        return out.reshape(micro_batches, batch_size)
+def conversations(data: np.ndarray, eot: int, roles) -> tuple[np.ndarray, np.ndarray]:
+    """Where the conversations of a token split are: (starts, ends), a conversation spanning data[start:end] from
+    the end-of-text before it to the one after it (exclusive); a conversation is a piece between end-of-texts that
+    begins with a role id (`roles`)."""
+    scan = 1 << 24  # tokens read at a time: memory stays flat on the hub's split
+    bounds = np.concatenate([np.zeros(0, np.int64), *(np.flatnonzero(data[i : i + scan] == eot) + i
+                                                      for i in range(0, len(data), scan))])
+    bounds = bounds[bounds < len(data) - 1]
+    ends = np.append(bounds[1:], len(data))
+    chat = np.isin(data[bounds + 1], list(roles))
+    return bounds[chat], ends[chat]
 
 
-def train_windows(kind: str, seed: int, data: np.ndarray, block_size: int, eot: int):
-    """train.windows' sampler over the train split `data`: "stories", "passes" or "random" (eot: the id between
-    stories); its step(step, micro_batches, batch_size) gives the window starts of an optimizer step."""
-    if kind == "stories":
-        return Stories(seed, data, block_size, eot)
-    return {"passes": Passes, "random": RandomWindows}[kind](seed, len(data), block_size)
+def train_windows(kind: str, seed: int, data: np.ndarray, block_size: int, eot: int | None = None, roles=()):
+    """train.windows' sampler over the train split `data`: "passes" or "random"; its step(step, micro_batches,
+    batch_size) gives the window starts of an optimizer step. With `roles` (a chat split's role ids), "passes"
+    keeps each conversation whole in a window (see Passes)."""
+    if kind == "passes":
+        return Passes(seed, len(data), block_size, conversations(data, eot, roles) if roles else None)
+    return RandomWindows(seed, len(data), block_size)

@@ -24,7 +24,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZERS = ("gpt2",)
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
-WINDOWS = ("stories", "passes", "random")
+WINDOWS = ("passes", "random")
 
 
 def cpu_threads(threads: int) -> int:
@@ -106,7 +106,7 @@ class TrainConfig(Section):
     muon_lr: float  # Muon's peak learning rate (optimizer: muon); lr stays AdamW's
     schedule: str  # cosine | wsd (warmup, stable at the peak, linear decay over the last decay_frac)
     decay_frac: float  # wsd: fraction of lr_decay_iters spent decaying to min_lr
-    windows: str  # stories | passes | random: windows anchored on stories, tiled, or drawn at random (batches.py)
+    windows: str  # passes | random: train windows drawn without or with replacement (batches.py)
 
     def validate(self):
         self._positive("batch_size", "grad_accum_steps", "lr", "eval_interval", "eval_iters", "log_interval",

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 
 from ..config import Params, cpu_threads
-from ..gpt2 import EOT, N_VOCAB as GPT2_VOCAB
+from ..gpt2 import N_VOCAB as GPT2_VOCAB
 from ..errors import UserError
 from . import GB, WARMUP_STEPS
 
@@ -76,10 +76,8 @@ def _train_setup(spec: dict, fast: bool):
         torch.set_float32_matmul_precision("highest")
     elif hw.device_type == "cpu":
         hardware.keep_freed_memory()  # as the train stage does; this process only
-    eot = EOT  # random ids: GPT-2's end-of-text, where they happen to hold one
     if spec["tokens_dir"] and read_meta(spec["tokens_dir"])["vocab_size"] <= cfg.vocab_size:
         data, source = load_split(spec["tokens_dir"], "train"), spec["tokens_dir"]
-        eot = read_meta(spec["tokens_dir"])["eot_token"]
     else:
         data = np.random.default_rng(tc.seed + 2).integers(0, min(cfg.vocab_size, GPT2_VOCAB),
                                                            size=max(1 << 20, 4 * cfg.block_size), dtype=np.uint16)
@@ -87,7 +85,7 @@ def _train_setup(spec: dict, fast: bool):
     torch.manual_seed(tc.seed)
     model = GPT(cfg).to(hw.device)  # built on the CPU from the seed, then moved: same weights in both loops
     model.train()
-    sampler = train_windows(tc.windows, tc.seed, data, cfg.block_size, eot)
+    sampler = train_windows(tc.windows, tc.seed, data, cfg.block_size)  # speed: a step costs the same with conversations whole
     total = WARMUP_STEPS + spec["steps"]
     offsets = [sampler.step(step, tc.grad_accum_steps, tc.batch_size) for step in range(total)]  # as the trainer's
     return params, hw, model, (data, source), offsets
