@@ -11,7 +11,7 @@ from nanoslm.config import TokenizerConfig
 from nanoslm.conversation import ChatTokens, read_jsonl
 from nanoslm.follow import score
 from nanoslm.request_data import write_requests
-from nanoslm.requests import Request, WordStats, derive
+from nanoslm.requests import TRAIN_WORDS, WORDS, Request, WordStats, derive
 from nanoslm.sources import iter_txt_stories
 from nanoslm.tokenization import tokenize
 from nanoslm.tokenizer import gpt2_encoding
@@ -44,6 +44,7 @@ def test_each_conversation_fits_and_its_story_meets_its_request(tmp_path, raw_an
             assert record["messages"][0]["content"] == request.text
             checks = {k: v for k, v in score(request, story).items() if v is not None}
             assert all(v == 1 for v in checks.values()), (request, story, checks)
+            assert len(request.words) <= (TRAIN_WORDS if split == "train" else WORDS)
     assert (counts["train"]["cut"] > 0) == (block_size == 48)
 
 
@@ -90,7 +91,7 @@ def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_t
     assert len(pieces) == len(stories) == meta["splits"]["train"]["stories"]
     mixed = plain_that_fit = 0
     for i, (piece, story) in enumerate(zip(pieces, stories)):
-        request = derive(story, stats, random.Random(f"7:{i}"))
+        request = derive(story, stats, random.Random(f"7:{i}"), TRAIN_WORDS)
         conversation = [chat.user, *enc.encode_ordinary(request.text), chat.end, chat.assistant,
                         *enc.encode_ordinary(story), chat.end]
         fits = len(conversation) + 1 <= block_size + 1 - spare  # with the EOT before it, as render counts

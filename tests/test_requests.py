@@ -11,8 +11,8 @@ from conftest import NAMES, REPO, make_stories
 
 from nanoslm import follow
 from nanoslm.errors import UserError
-from nanoslm.requests import (MAX_DF, MIN_DF, PHRASINGS, SENTENCE_WORDS, STOPWORDS, Request, WordStats, derive,
-                              derive_all, has_dialogue, sentence_choices)
+from nanoslm.requests import (MAX_DF, MIN_DF, PHRASINGS, SENTENCE_WORDS, STOPWORDS, TRAIN_WORDS, WORDS, Request,
+                              WordStats, derive, derive_all, has_dialogue, sentence_choices)
 
 # Stories richer than make_stories: narration sentences to ask for, straight quotes, names mid-sentence.
 EXTRA = [
@@ -42,6 +42,17 @@ def test_every_request_is_met_by_its_own_story(stats):
         assert all(v in (None, True, 1.0) for v in scores.values()), (request, scores)
     assert all(r.words for r in requests) and all(r.name for r in requests)
     assert any(r.dialogue for r in requests) and any(r.sentence for r in requests)
+
+
+def test_a_train_request_may_name_more_words(stats):
+    """derive's max_words: as many of the story's candidate words as asked for, where it has them."""
+    counts = set()
+    for story in stories():
+        available = len(stats.content_words(story, stats.names(story)))
+        for most in (WORDS, TRAIN_WORDS):
+            assert len(derive(story, stats, random.Random(0), most).words) == min(most, available)
+        counts.add(min(TRAIN_WORDS, available))
+    assert max(counts) > WORDS, "the test wants a story with more candidate words than a held-out request names"
 
 
 def test_same_seed_same_requests_and_another_seed_others(stats):

@@ -5,7 +5,8 @@ pre-trained after their request (MixedTokens), among the stories whose whole con
 requests.spare tokens left over.
 
 A line is {"messages": [user: the request, assistant: the story], "request": its checkable constraints}: train
-requests from the train split (word statistics from it too), validation requests from the validation split only.
+requests from the train split (word statistics from it too), naming up to requests.TRAIN_WORDS words; validation
+requests from the validation split only, up to requests.WORDS, as a person's request would.
 A story whose conversation would not fit the model's context is cut after its last sentence that fits, and the
 request is derived from what is kept, so every request stays one its story satisfies; a story whose first
 sentence does not fit is left out. The counts of both are returned. Pre-training never cuts: a story that does not
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path, write_json
 from .conversation import ChatTokens, render
-from .requests import Request, WordStats, derive
+from .requests import TRAIN_WORDS, WORDS, Request, WordStats, derive
 from .sources import SPLITS, iter_txt_stories
 from .tokenizer import encoding_for
 from .tokens import DTYPE, read_meta
@@ -83,8 +84,8 @@ def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, see
             with atomic_path(out_dir / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
                 stories = iter_txt_stories(raw_dir / f"{split}.txt")
                 for i, story in enumerate(tqdm(stories, desc=f"requests {split}", unit=" stories", file=sys.stderr)):
-                    def draw(text: str, i=i) -> Request:  # story i draws from random.Random(f"{seed}:{i}"), as
-                        return derive(text, stats, random.Random(f"{seed}:{i}"))  # requests.derive_all does
+                    def draw(text: str, i=i, words=TRAIN_WORDS if split == "train" else WORDS) -> Request:
+                        return derive(text, stats, random.Random(f"{seed}:{i}"), words)  # seeded as derive_all
                     found = fitted(story, fits, draw, story_fits)
                     if split == "train":  # a request only where the whole story answers it, with room to spare
                         ids = None

@@ -5,8 +5,8 @@ TinyStories-Instruct (Eldan & Li 2023); no outside data. Everything is determini
 
 Which words: content words (not a stopword, not a name, letters only, 3+ letters) whose document frequency in
 the train split lies in [MIN_DF, MAX_DF]: common enough for a small model to have learned them, not so common
-that any story has them (which would only raise the chance baseline). Up to WORDS of them, drawn uniformly
-(seeded) from those the story uses, in the form the story uses.
+that any story has them (which would only raise the chance baseline). Up to WORDS of them (a train request:
+TRAIN_WORDS), drawn uniformly (seeded) from those the story uses, in the form the story uses.
 Names: a word is a name when, in the train split and the story together, it appears capitalized in mid-sentence
 at least MIN_NAME_COUNT times and at least NAME_SHARE of its mid-sentence uses are capitalized, or STORY_NAME_SHARE
 when the story itself never writes it in lower case mid-sentence (Spot, Kitty: names in some stories, nouns in
@@ -28,7 +28,9 @@ from typing import Iterable, Iterator, Optional
 
 from .errors import UserError
 
-WORDS = 3  # at most this many required words per request
+WORDS = 3  # at most this many required words per request ...
+TRAIN_WORDS = 5  # ... and per train request: more words to carry over per story learned (docs/experiments.md,
+                 # 2026-12-05 13:30)
 MIN_DF = 0.10  # a required word is in at least 10% of train stories (0.05 before: docs/experiments.md, 2026-12-05) ...
 MAX_DF = 0.30  # ... and at most 30% (see module docstring)
 MIN_NAME_COUNT = 2
@@ -252,12 +254,13 @@ def phrase(words, name, dialogue, sentence, style: int) -> str:
     return text
 
 
-def derive(story: str, stats: WordStats, rng: random.Random) -> Request:
-    """A request that `story` satisfies: see the module docstring for what it names and how it is drawn."""
+def derive(story: str, stats: WordStats, rng: random.Random, max_words: int = WORDS) -> Request:
+    """A request that `story` satisfies, naming up to max_words words: see the module docstring for what it names
+    and how it is drawn."""
     names = stats.names(story)
     name = max(names, key=names.get) if names else None  # max keeps the first of equals: first to appear
     candidates = stats.content_words(story, names)
-    words = tuple(rng.sample(candidates, min(WORDS, len(candidates))))
+    words = tuple(rng.sample(candidates, min(max_words, len(candidates))))
     dialogue = has_dialogue(story)
     choices = sentence_choices(story)
     sentence = rng.choice(choices) if choices and rng.random() < SENTENCE_SHARE else None
