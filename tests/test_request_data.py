@@ -62,6 +62,7 @@ def test_without_mixing_pretraining_reads_the_tokenize_stages_tokens_byte_for_by
     assert counts["train"]["mixed"] == 0
     for name in ("train.bin", "validation.bin"):
         assert (tmp_path / "mixed" / name).read_bytes() == (tokens / name).read_bytes()
+    assert np.fromfile(tmp_path / "mixed" / "train.learn.bin", dtype=np.uint8)[1:].all()  # every target
     meta, plain = (json.loads((d / "meta.json").read_text()) for d in (tmp_path / "mixed", tokens))
     assert meta["chat"] is None and meta["splits"] == plain["splits"]
 
@@ -80,27 +81,32 @@ def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_t
     meta = json.loads((tmp_path / "mixed" / "meta.json").read_text())
     assert meta["chat"] == {"system": chat.system, "user": chat.user, "assistant": chat.assistant, "end": chat.end}
     stream = np.fromfile(tmp_path / "mixed" / "train.bin", dtype=np.uint16).tolist()
+    learn = np.fromfile(tmp_path / "mixed" / "train.learn.bin", dtype=np.uint8).tolist()
+    assert len(learn) == len(stream)
     assert len(stream) == meta["splits"]["train"]["tokens"] and stream[0] == enc.eot_token
     stories = list(iter_txt_stories(raw / "train.txt"))
     stats = WordStats.from_stories(stories)
-    pieces, at = [], 1
+    pieces, flags, at = [], [], 1
     while at < len(stream):
         end = stream.index(enc.eot_token, at)
         pieces.append(stream[at:end])
+        flags.append(learn[at : end + 1])  # the piece's targets and the end-of-text after it
         at = end + 1
     assert len(pieces) == len(stories) == meta["splits"]["train"]["stories"]
     mixed = plain_that_fit = 0
-    for i, (piece, story) in enumerate(zip(pieces, stories)):
+    for i, (piece, flag, story) in enumerate(zip(pieces, flags, stories)):
         request = derive(story, stats, random.Random(f"7:{i}"), TRAIN_WORDS)
         conversation = [chat.user, *enc.encode_ordinary(request.text), chat.end, chat.assistant,
                         *enc.encode_ordinary(story), chat.end]
         fits = len(conversation) + 1 <= block_size + 1 - spare  # with the EOT before it, as render counts
         if piece[0] != chat.user:
-            assert piece == enc.encode_ordinary(story)
+            assert piece == enc.encode_ordinary(story) and all(flag)  # a plain story: every target learned
             plain_that_fit += fits
             continue
         mixed += 1
         assert piece == conversation and fits
+        answer = len(enc.encode_ordinary(story)) + 1  # the story and its <|end|>, then the end-of-text
+        assert flag == [0] * (len(piece) - answer) + [1] * (answer + 1)  # not the request: only the answer
     assert mixed == counts["train"]["mixed"] > 0
     assert plain_that_fit == 0 if mix == 1.0 else 0.3 < mixed / (mixed + plain_that_fit) < 0.7
     assert counts["train"]["cut"] > 0  # stories the jsonl cuts to fit are plain in pre-training

@@ -77,8 +77,9 @@ def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, see
         return len(enc.encode_ordinary(story)) + 6 <= block_size + 1
 
     mixed_dir = Path(mixed_dir)
-    with atomic_path(mixed_dir / "train.bin") as mixed_tmp, open(mixed_tmp, "wb") as mixed_file:
-        mixed = MixedTokens(mixed_file, enc, chat if mix > 0 else None)
+    with atomic_path(mixed_dir / "train.bin") as mixed_tmp, open(mixed_tmp, "wb") as mixed_file, \
+            atomic_path(mixed_dir / "train.learn.bin") as learn_tmp, open(learn_tmp, "wb") as learn_file:
+        mixed = MixedTokens(mixed_file, learn_file, enc, chat if mix > 0 else None)
         for split in SPLITS:
             written = cut = left_out = 0
             with atomic_path(out_dir / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -88,10 +89,11 @@ def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, see
                         return derive(text, stats, random.Random(f"{seed}:{i}"), words)  # seeded as derive_all
                     found = fitted(story, fits, draw, story_fits)
                     if split == "train":  # a request only where the whole story answers it, with room to spare
-                        ids = None
+                        rendered = None
                         if random.Random(f"{seed}:mix:{i}").random() < mix and found is not None and found[0] == story:
-                            ids = render(conversation(found[1], story), enc, chat)[0]
-                        mixed.add(story, ids if ids is not None and len(ids) <= block_size + 1 - spare else None)
+                            rendered = render(conversation(found[1], story), enc, chat)
+                        fits_spare = rendered is not None and len(rendered[0]) <= block_size + 1 - spare
+                        mixed.add(story, rendered if fits_spare else None)
                     if found is None:
                         left_out += 1
                         continue
@@ -112,22 +114,32 @@ class MixedTokens:
     except that a story given a request is written as a conversation (<|user|> request <|end|> <|assistant|> story
     <|end|>, then EOT: what conversation.render makes after its EOT); the validation split copied as it is (plain
     stories: validation loss stays comparable). With chat None (requests.mix 0) the train split is the tokenize
-    stage's, byte for byte, and meta.json has no chat ids."""
+    stage's, byte for byte, and meta.json has no chat ids.
+
+    train.learn.bin flags the targets learned (nanoslm.tokens.load_learn): all but a conversation's user turn and
+    the <|assistant|> after it, as render marks them (what fine-tuning learns too). A request's words are drawn
+    from its story, so predicting them before the story is guesswork, and learning it cost plain stories 0.00X
+    bits/byte (docs/experiments.md, 2026-12-05 13:50)."""
 
     FLUSH = 4096  # stories per write: memory stays flat on the hub's 2M-story train split
 
-    def __init__(self, file, enc, chat: ChatTokens | None):
-        self.file, self.enc, self.chat = file, enc, chat
-        self.ids, self.stories, self.tokens, self.bytes, self.conversations = [enc.eot_token], 0, 0, 0, 0
+    def __init__(self, file, learn_file, enc, chat: ChatTokens | None):
+        self.file, self.learn_file, self.enc, self.chat = file, learn_file, enc, chat
+        self.ids, self.learn = [enc.eot_token], [False]
+        self.stories, self.tokens, self.bytes, self.conversations = 0, 0, 0, 0
 
-    def add(self, story: str, conversation_ids: list[int] | None) -> None:
-        """Append a story, or its conversation (conversation.render's ids) where it has one."""
-        if conversation_ids is not None:  # less the EOT the stream already has before it
-            self.ids += conversation_ids[1:]
+    def add(self, story: str, conversation: tuple[list[int], list[bool]] | None) -> None:
+        """Append a story, or its conversation (conversation.render's ids and learn flags) where it has one."""
+        if conversation is not None:  # less the EOT the stream already has before it
+            self.ids += conversation[0][1:]
+            self.learn += conversation[1][1:]
             self.conversations += 1
         else:
-            self.ids += self.enc.encode_ordinary(story)
+            ids = self.enc.encode_ordinary(story)
+            self.ids += ids
+            self.learn += [True] * len(ids)
         self.ids.append(self.enc.eot_token)
+        self.learn.append(True)
         self.stories += 1
         self.bytes += len(story.encode("utf-8"))
         if self.stories % self.FLUSH == 0:
@@ -135,8 +147,9 @@ class MixedTokens:
 
     def flush(self) -> None:
         np.asarray(self.ids, dtype=DTYPE).tofile(self.file)
+        np.asarray(self.learn, dtype=np.uint8).tofile(self.learn_file)
         self.tokens += len(self.ids)
-        self.ids = []
+        self.ids, self.learn = [], []
 
     def finish(self, out_dir: Path, tokens_dir, meta: dict) -> None:
         """Copy the validation split and write meta.json (the chat ids where conversations were written)."""

@@ -6,7 +6,8 @@ nanoslm.vocab, nanoslm.sources), so editing the writer or the download readers r
 A split's .bin is one EOT, then every story's tokens followed by EOT (uint16 ids, little-endian as numpy writes
 them); meta.json holds the vocabulary ("tokenizer"), its size, and each split's stories, tokens and text bytes.
 Fine-tuning data (nanoslm.finetune) adds, per split, a .learn.bin (one uint8 per token: 1 where it is a target
-to learn), and with conversations the chat ids past the vocabulary (meta.json's "chat").
+to learn), and with conversations the chat ids past the vocabulary (meta.json's "chat"); the requests stage's
+train split (data/mixed) has one too.
 """
 
 import json
@@ -72,7 +73,7 @@ def load_learn(tokens_dir, split: str, tokens: int) -> np.memmap | None:
         return None
     if path.stat().st_size != tokens:
         raise UserError(f"{path}: {path.stat().st_size} flags for {tokens} tokens, so the file is damaged; "
-                        f"rerun: dvc repro --force finetune")
+                        f"rerun the stage that wrote it (requests or finetune) with dvc repro --force")
     return np.memmap(path, dtype=np.uint8, mode="r")
 
 
