@@ -118,8 +118,8 @@ class MixedTokens:
 
     train.learn.bin flags the targets learned (nanoslm.tokens.load_learn): all but a conversation's user turn and
     the <|assistant|> after it, as render marks them (what fine-tuning learns too). A request's words are drawn
-    from its story, so predicting them before the story is guesswork, and learning it cost plain stories 0.00X
-    bits/byte (docs/experiments.md, 2026-12-05 13:50)."""
+    from its story, so predicting them before the story is guesswork; not learning it gave plain stories 0.002
+    bits/byte back (docs/experiments.md, 2026-12-05 13:52)."""
 
     FLUSH = 4096  # stories per write: memory stays flat on the hub's 2M-story train split
 

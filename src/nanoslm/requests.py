@@ -30,7 +30,7 @@ from .errors import UserError
 
 WORDS = 3  # at most this many required words per request ...
 TRAIN_WORDS = 5  # ... and per train request: more words to carry over per story learned (docs/experiments.md,
-                 # 2026-12-05 13:30)
+                 # 2026-12-05 13:30 and 13:52)
 MIN_DF = 0.10  # a required word is in at least 10% of train stories (0.05 before: docs/experiments.md, 2026-12-05) ...
 MAX_DF = 0.30  # ... and at most 30% (see module docstring)
 MIN_NAME_COUNT = 2
