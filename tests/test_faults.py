@@ -78,7 +78,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, monkeypatch):
 def replace_model(**values):
     from nanoslm.config import load_params
 
-    return load_params(REPO / "params-ci.yaml").updated("model", **values).model
+    return load_params(REPO / "params-ci.yaml").updated("requests", spare=0).updated("model", **values).model
 
 
 # --- killed stages leave nothing a later `dvc repro` would accept -----------------------------------------

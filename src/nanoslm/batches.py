@@ -75,7 +75,8 @@ class Passes:
     conversation begins at the conversation's start instead: every conversation (shorter than a window, as
     requests.spare makes them) is seen whole, its request in view of all its story, once a pass. Tiles cut most
     conversations in two, and the part after the cut was learned without its request (docs/experiments.md,
-    2026-12-05 13:08). Plain stories keep their tiles.
+    2026-12-05 13:08). Plain stories keep their tiles. Pre-training only: a fine-tune's data is all conversations,
+    so every window would begin at one (nanoslm.train.loop).
 
     A step's windows depend only on the step number, so a resumed run draws what an uninterrupted one would
     and every rank draws the same (nothing to save, nothing to broadcast).

@@ -40,7 +40,9 @@ def _run(params: Params, hw: hardware.Hardware, ranks: distributed.Ranks, tokens
     seed_everything(tc.seed + ranks.rank)
     meta, train_data, val_data = load_data(tokens_dir, params)
     state = TrainState(params, meta, hw, ranks, init)
-    roles = [i for role, i in (meta.get("chat") or {}).items() if role != "end"]  # what begins a conversation
+    # pre-training keeps each conversation whole in a window (batches.Passes). Not a fine-tune: its data is all
+    # conversations, so every window would begin at one, and the test's tiny chat model then garbled a second turn
+    roles = [] if init else [i for role, i in (meta.get("chat") or {}).items() if role != "end"]
     sampler = train_windows(tc.windows, tc.seed, train_data.tokens, cfg.block_size, meta["eot_token"], roles)
     model, say = state.model, printer(ranks)
     last_path, best_path = models_dir / "last.pt", models_dir / "best.pt"
