@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from conftest import make_stories, write_txt
-from nanoslm.config import TokenizerConfig
+from conftest import REPO, make_stories, write_txt
+from nanoslm.config import TokenizerConfig, load_params
 from nanoslm.conversation import ChatTokens, read_jsonl
 from nanoslm.follow import score
 from nanoslm.request_data import write_requests
@@ -15,6 +15,7 @@ from nanoslm.requests import TRAIN_WORDS, WORDS, Request, WordStats, derive
 from nanoslm.sources import iter_txt_stories
 from nanoslm.tokenization import tokenize
 from nanoslm.tokenizer import gpt2_encoding
+from nanoslm.train import loop, train
 
 
 @pytest.fixture
@@ -111,3 +112,32 @@ def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_t
     assert plain_that_fit == 0 if mix == 1.0 else 0.3 < mixed / (mixed + plain_that_fit) < 0.7
     assert counts["train"]["cut"] > 0  # stories the jsonl cuts to fit are plain in pre-training
     assert (tmp_path / "mixed" / "validation.bin").read_bytes() == (tokens / "validation.bin").read_bytes()
+
+
+def test_pretraining_on_the_mixed_tokens_keeps_conversations_whole_and_learns_answers(tmp_path, raw_and_tokens,
+                                                                                       monkeypatch):
+    """The train stage on data/mixed: its windows keep each conversation whole (batches.Passes) and it learns the
+    targets train.learn.bin flags, not the requests."""
+    raw, tokens = raw_and_tokens
+    counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", 96, seed=7, mix=1.0, spare=0)
+    seen, windows, load_data = {}, loop.train_windows, loop.load_data
+
+    def spy_windows(*args, **kwargs):
+        seen["sampler"] = windows(*args, **kwargs)
+        return seen["sampler"]
+
+    def spy_data(*args, **kwargs):
+        seen["data"] = load_data(*args, **kwargs)
+        return seen["data"]
+
+    monkeypatch.setattr(loop, "train_windows", spy_windows)
+    monkeypatch.setattr(loop, "load_data", spy_data)
+    params = load_params(REPO / "params-ci.yaml").updated("hardware", threads=1, dtype="float32", compile=False)
+    params = params.updated("model", block_size=96).updated(
+        "train", max_iters=2, lr_decay_iters=2, warmup_iters=1, eval_interval=2, checkpoint_interval=2, eval_iters=1)
+    summary = train(params, tmp_path / "mixed", tmp_path / "models", tmp_path / "live", tmp_path / "loss.png")
+    assert (tmp_path / "models" / "best.pt").is_file() and not summary["interrupted"]
+    begins, _ = seen["sampler"].whole
+    assert len(begins) == counts["train"]["mixed"] > 0
+    _, train_split, _ = seen["data"]
+    assert train_split.learn is not None and 0 < train_split.learn.mean() < 1
