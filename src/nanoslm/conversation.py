@@ -38,6 +38,11 @@ class ChatTokens:
         """Ids in the chat vocabulary: the base's and these four."""
         return self.end + 1
 
+    @property
+    def roles(self) -> frozenset[int]:
+        """The ids that begin a turn (system, user, assistant), as opposed to the one that ends it."""
+        return frozenset({self.system, self.user, self.assistant})
+
     def texts(self) -> dict[int, str]:
         """Each marker's id and its text, for decoding and for export."""
         return {getattr(self, name): text for name, text in MARKERS.items()}

@@ -37,7 +37,7 @@ class Loaded:
     @property
     def ends(self) -> frozenset:
         """Ids that end a reply besides the engine's own stops: the role markers, which begin another turn."""
-        return frozenset() if self.chat is None else frozenset({self.chat.system, self.chat.user, self.chat.assistant})
+        return frozenset() if self.chat is None else self.chat.roles
 
 
 class Registry:

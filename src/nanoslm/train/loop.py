@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import distributed, faults, hardware
 from ..batches import train_windows
 from ..config import Params
+from ..conversation import ChatTokens
 from ..plotting import plot_loss
 from .data import Validation, load_data
 from .log import Clock, RunLog, printer
@@ -42,7 +43,7 @@ def _run(params: Params, hw: hardware.Hardware, ranks: distributed.Ranks, tokens
     state = TrainState(params, meta, hw, ranks, init)
     # pre-training keeps each conversation whole in a window (batches.Passes). Not a fine-tune: its data is all
     # conversations, so every window would begin at one, and the test's tiny chat model then garbled a second turn
-    roles = [] if init else [i for role, i in (meta.get("chat") or {}).items() if role != "end"]
+    roles = ChatTokens(**meta["chat"]).roles if meta.get("chat") and not init else ()
     sampler = train_windows(tc.windows, tc.seed, train_data.tokens, cfg.block_size, meta["eot_token"], roles)
     model, say = state.model, printer(ranks)
     last_path, best_path = models_dir / "last.pt", models_dir / "best.pt"
