@@ -7,6 +7,9 @@ requests.spare tokens left over.
 A line is {"messages": [user: the request, assistant: the story], "request": its checkable constraints}: train
 requests from the train split (word statistics from it too), naming up to requests.TRAIN_WORDS words; validation
 requests from the validation split only, up to requests.WORDS, as a person's request would.
+A train conversation's story has its main character renamed (requests.rename_main), drawn uniformly from the train
+split's main characters: the held-out names a model failed to write were the rare ones, which it had never been
+asked for (docs/experiments.md, 2026-12-05 16:xx). A plain story in pre-training keeps its names.
 A story whose conversation would not fit the model's context is cut after its last sentence that fits, and the
 request is derived from what is kept, so every request stays one its story satisfies; a story whose first
 sentence does not fit is left out. The counts of both are returned. Pre-training never cuts: a story that does not
@@ -29,7 +32,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path, write_json
 from .conversation import ChatTokens, render
-from .requests import TRAIN_WORDS, WORDS, Request, WordStats, derive
+from .requests import TRAIN_WORDS, WORDS, Request, WordStats, derive, main_characters, rename_main
 from .sources import SPLITS, iter_txt_stories
 from .tokenizer import encoding_for
 from .tokens import DTYPE, read_meta
@@ -69,6 +72,7 @@ def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, see
     enc = encoding_for(meta["tokenizer"])
     chat = ChatTokens.after(enc.n_vocab)
     stats = WordStats.from_stories(iter_txt_stories(raw_dir / "train.txt"))
+    names = main_characters(iter_txt_stories(raw_dir / "train.txt"), stats)
     counts = {}
     def fits(request: Request, story: str) -> bool:
         return len(render(conversation(request, story), enc, chat)[0]) <= block_size + 1
@@ -84,7 +88,9 @@ def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, see
             written = cut = left_out = 0
             with atomic_path(out_dir / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
                 stories = iter_txt_stories(raw_dir / f"{split}.txt")
-                for i, story in enumerate(tqdm(stories, desc=f"requests {split}", unit=" stories", file=sys.stderr)):
+                for i, plain in enumerate(tqdm(stories, desc=f"requests {split}", unit=" stories", file=sys.stderr)):
+                    story = plain if split != "train" else rename_main(plain, stats, names,
+                                                                       random.Random(f"{seed}:name:{i}"))
                     def draw(text: str, i=i, words=TRAIN_WORDS if split == "train" else WORDS) -> Request:
                         return derive(text, stats, random.Random(f"{seed}:{i}"), words)  # seeded as derive_all
                     found = fitted(story, fits, draw, story_fits)
@@ -93,7 +99,7 @@ def write_requests(raw_dir, tokens_dir, out_dir, mixed_dir, block_size: int, see
                         if random.Random(f"{seed}:mix:{i}").random() < mix and found is not None and found[0] == story:
                             rendered = render(conversation(found[1], story), enc, chat)
                         fits_spare = rendered is not None and len(rendered[0]) <= block_size + 1 - spare
-                        mixed.add(story, rendered if fits_spare else None)
+                        mixed.add(story if fits_spare else plain, rendered if fits_spare else None)
                     if found is None:
                         left_out += 1
                         continue

@@ -12,7 +12,8 @@ at least MIN_NAME_COUNT times and at least NAME_SHARE of its mid-sentence uses a
 when the story itself never writes it in lower case mid-sentence (Spot, Kitty: names in some stories, nouns in
 others). Sentence-initial uses are not counted either way, so "The", "Once" or "One" never qualify; nor do
 single letters, all-capital words (TV) or NOT_NAMES. The main character is the story's most frequent name (ties:
-the first to appear).
+the first to appear). rename_main gives a story's main character another name (a train request's, so that a model
+learns to write the name it is asked for, not the commonest: see nanoslm.request_data).
 Sentence: with probability SENTENCE_SHARE, one of the story's narration sentences (not inside quotes, none in
 them) of SENTENCE_WORDS words, not its first sentence ("Once upon a time ..." is in nearly every story), chosen
 uniformly.
@@ -254,11 +255,36 @@ def phrase(words, name, dialogue, sentence, style: int) -> str:
     return text
 
 
+def main_character(story: str, stats: WordStats) -> Optional[str]:
+    """The story's most frequent name (ties: the first to appear), or None where it has no name."""
+    return _most_frequent(stats.names(story))
+
+
+def _most_frequent(names: Counter) -> Optional[str]:
+    return max(names, key=names.get) if names else None  # max keeps the first of equals: first to appear
+
+
+def main_characters(stories: Iterable[str], stats: WordStats) -> list[str]:
+    """The main characters' names of `stories`, each once, sorted: what rename_main draws from."""
+    return sorted({name for story in stories if (name := main_character(story, stats))})
+
+
+def rename_main(story: str, stats: WordStats, names: list[str], rng: random.Random) -> str:
+    """The story with its main character's name, wherever it stands as a word ("Lily's" too), replaced by one of
+    `names` drawn uniformly that the story does not already use; the story as it is where it has no name."""
+    old = main_character(story, stats)
+    used = {w.lower() for w, _ in tokens(story)}
+    choices = [n for n in names if n.lower() not in used]
+    if old is None or not choices:
+        return story
+    return re.sub(rf"(?<![A-Za-z]){re.escape(old)}(?![A-Za-z])", rng.choice(choices), story)
+
+
 def derive(story: str, stats: WordStats, rng: random.Random, max_words: int = WORDS) -> Request:
     """A request that `story` satisfies, naming up to max_words words: see the module docstring for what it names
     and how it is drawn."""
     names = stats.names(story)
-    name = max(names, key=names.get) if names else None  # max keeps the first of equals: first to appear
+    name = _most_frequent(names)
     candidates = stats.content_words(story, names)
     words = tuple(rng.sample(candidates, min(max_words, len(candidates))))
     dialogue = has_dialogue(story)
