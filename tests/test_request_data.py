@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from nanoslm.config import TokenizerConfig, load_params
 from nanoslm.conversation import ChatTokens, read_jsonl
 from nanoslm.follow import score
 from nanoslm.request_data import write_requests
-from nanoslm.requests import TRAIN_WORDS, WORDS, Request, WordStats, derive
+from nanoslm.requests import TRAIN_WORDS, WORDS, Request, WordStats, derive, main_characters, rename_main
 from nanoslm.sources import iter_txt_stories
 from nanoslm.tokenization import tokenize
 from nanoslm.tokenizer import gpt2_encoding
@@ -57,6 +58,30 @@ def test_the_same_seed_writes_the_same_requests(tmp_path, raw_and_tokens):
         assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
 
 
+def test_train_conversations_rename_their_main_character_and_held_out_ones_keep_theirs(tmp_path, raw_and_tokens):
+    """A train request names one of the train split's main characters, drawn anew for each story (so mostly not
+    the story's own), and its story uses that name instead; a held-out request names its story's own character."""
+    raw, tokens = raw_and_tokens
+    write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", 256, seed=7, mix=0.0, spare=0)
+    train = list(iter_txt_stories(raw / "train.txt"))
+    stats = WordStats.from_stories(train)
+    pool = set(main_characters(train, stats))
+    for split, originals in (("train", train), ("validation", list(iter_txt_stories(raw / "validation.txt")))):
+        records = [json.loads(line) for line in (tmp_path / "requests" / f"{split}.jsonl").read_text().splitlines()]
+        assert len(records) == len(originals)
+        own = [derive(story, stats, random.Random()).name for story in originals]
+        asked = [r["request"]["name"] for r in records]
+        stories = [r["messages"][1]["content"] for r in records]
+        assert all(name in story for name, story in zip(asked, stories) if name)
+        if split == "validation":
+            assert asked == own and stories == originals
+        else:
+            assert set(asked) - {None} <= pool and len(set(asked)) > 5
+            renamed = [a != o for a, o in zip(asked, own) if o]
+            assert sum(renamed) > 0.8 * len(renamed)
+            assert not any(re.search(rf"\b{o}\b", s) for a, o, s in zip(asked, own, stories) if o and a != o)
+
+
 def test_without_mixing_pretraining_reads_the_tokenize_stages_tokens_byte_for_byte(tmp_path, raw_and_tokens):
     raw, tokens = raw_and_tokens
     counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", 256, seed=7, mix=0.0, spare=0)
@@ -71,8 +96,9 @@ def test_without_mixing_pretraining_reads_the_tokenize_stages_tokens_byte_for_by
 @pytest.mark.parametrize("mix, spare", [(0.5, 0), (1.0, 0), (1.0, 8)])
 def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_tokens, mix, spare):
     """The train stream holds every train story in order, whole; `mix` of those whose whole conversation fits the
-    context with `spare` tokens left over come after the request derived from them, marked as conversation.render
-    marks a user turn and the assistant's answer; a story too long to answer whole stays plain."""
+    context with `spare` tokens left over come after the request derived from them, their main character renamed,
+    marked as conversation.render marks a user turn and the assistant's answer; a story too long to answer whole
+    stays plain, with its own names."""
     raw, tokens = raw_and_tokens
     block_size = 96
     counts = write_requests(raw, tokens, tmp_path / "requests", tmp_path / "mixed", block_size, seed=7, mix=mix,
@@ -87,6 +113,7 @@ def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_t
     assert len(stream) == meta["splits"]["train"]["tokens"] and stream[0] == enc.eot_token
     stories = list(iter_txt_stories(raw / "train.txt"))
     stats = WordStats.from_stories(stories)
+    names = main_characters(stories, stats)
     pieces, flags, at = [], [], 1
     while at < len(stream):
         end = stream.index(enc.eot_token, at)
@@ -96,9 +123,10 @@ def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_t
     assert len(pieces) == len(stories) == meta["splits"]["train"]["stories"]
     mixed = plain_that_fit = 0
     for i, (piece, flag, story) in enumerate(zip(pieces, flags, stories)):
-        request = derive(story, stats, random.Random(f"7:{i}"), TRAIN_WORDS)
+        answer = rename_main(story, stats, names, random.Random(f"7:name:{i}"))
+        request = derive(answer, stats, random.Random(f"7:{i}"), TRAIN_WORDS)
         conversation = [chat.user, *enc.encode_ordinary(request.text), chat.end, chat.assistant,
-                        *enc.encode_ordinary(story), chat.end]
+                        *enc.encode_ordinary(answer), chat.end]
         fits = len(conversation) + 1 <= block_size + 1 - spare  # with the EOT before it, as render counts
         if piece[0] != chat.user:
             assert piece == enc.encode_ordinary(story) and all(flag)  # a plain story: every target learned
@@ -106,8 +134,8 @@ def test_mixed_stories_follow_their_request_as_conversations(tmp_path, raw_and_t
             continue
         mixed += 1
         assert piece == conversation and fits
-        answer = len(enc.encode_ordinary(story)) + 1  # the story and its <|end|>, then the end-of-text
-        assert flag == [0] * (len(piece) - answer) + [1] * (answer + 1)  # not the request: only the answer
+        learned = len(enc.encode_ordinary(answer)) + 1  # the story and its <|end|>, then the end-of-text
+        assert flag == [0] * (len(piece) - learned) + [1] * (learned + 1)  # not the request: only the answer
     assert mixed == counts["train"]["mixed"] > 0
     assert plain_that_fit == 0 if mix == 1.0 else 0.3 < mixed / (mixed + plain_that_fit) < 0.7
     assert counts["train"]["cut"] > 0  # stories the jsonl cuts to fit are plain in pre-training

@@ -12,7 +12,8 @@ from conftest import NAMES, REPO, make_stories
 from nanoslm import follow
 from nanoslm.errors import UserError
 from nanoslm.requests import (MAX_DF, MIN_DF, PHRASINGS, SENTENCE_WORDS, STOPWORDS, TRAIN_WORDS, WORDS, Request,
-                              WordStats, derive, derive_all, has_dialogue, sentence_choices)
+                              WordStats, derive, derive_all, has_dialogue, main_character, main_characters,
+                              pronouns, rename_main, sentence_choices)
 
 # Stories richer than make_stories: narration sentences to ask for, straight quotes, names mid-sentence.
 EXTRA = [
@@ -94,6 +95,45 @@ def test_sentence_initial_words_are_never_names(stats):
 def test_main_character_is_the_most_frequent_name(stats):
     story = "Ben met Lily at the park. Lily had a kite. Lily and Ben flew the kite. Then Lily went home."
     assert derive(story, stats, random.Random(0)).name == "Lily"
+
+
+def test_renaming_the_main_character_replaces_each_use_of_the_name_as_a_word(stats):
+    """Every use of the main character's name as a word, possessives too, becomes one new name the story does not
+    use yet; other names and words that merely begin with it stay; derive then asks for the new name."""
+    story = "Lily met Ben at the park. Lily's kite was red. Ben liked Lilyanne's hat. Lily and Ben flew the kite."
+    assert main_character(story, stats) == "Lily" and pronouns(story) == ""
+    pool = {"Ben": "he", "Lily": "she", "Zoe": "she", "Rex": "he"}
+    drawn = set()
+    for seed in range(20):
+        renamed = rename_main(story, stats, pool, random.Random(seed))
+        new = renamed.split()[0]
+        drawn.add(new)
+        assert renamed == story.replace("Lily met", f"{new} met").replace("Lily's", f"{new}'s").replace(
+            "Lily and", f"{new} and")
+        assert derive(renamed, stats, random.Random(0)).name == new
+    assert drawn == {"Zoe", "Rex"}  # never a name the story already uses, nor its own; either kind without pronouns
+    nameless = "The cat sat on the mat. The cat was happy."
+    assert rename_main(nameless, stats, pool, random.Random(0)) == nameless
+    assert rename_main(story, stats, {"Ben": "he", "Lily": "she"}, random.Random(0)) == story  # none left to draw
+
+
+def test_a_renamed_character_keeps_the_kind_its_pronouns_say(stats):
+    """"Lily ... she" becomes another "she" name, never "Max ... she"; a story whose pronouns say nothing takes
+    any name."""
+    story = "Lily found a shell. She gave it to her mom. Lily was happy, and her mom hugged her."
+    assert pronouns(story) == "she" and pronouns("Tom ran. He fell, and his dog licked him.") == "he"
+    pool = {"Zoe": "she", "Rex": "he", "Sky": "", "Ann": "she"}
+    drawn = {rename_main(story, stats, pool, random.Random(seed)).split()[0] for seed in range(30)}
+    assert drawn == {"Zoe", "Ann"}
+
+
+def test_main_characters_are_each_storys_own_once_sorted_with_their_pronouns(stats):
+    found = main_characters(stories(), stats)
+    assert list(found) == sorted({main_character(s, stats) for s in stories()} - {None})
+    assert set(found.values()) <= {"she", "he", ""}
+    tiny = ["Lily ran. She fell.", "Lily sang. She smiled.", "Lily hid. He looked for Lily.",
+            "Max ran. He fell.", "Max sat. She patted Max."]  # Lily: she in 2 of 3; Max: 1 of 2 each way
+    assert main_characters(tiny, WordStats.from_stories(tiny * 5)) == {"Lily": "she", "Max": ""}
 
 
 def test_a_noun_used_as_a_name_in_one_story_is_its_name():

@@ -41,6 +41,8 @@ SENTENCE_SHARE = 0.25
 SENTENCE_WORDS = (4, 8)  # inclusive
 
 QUOTES = "\"\u201c\u201d"
+PRONOUNS = {w: kind for kind, ws in (("she", "she her hers herself"), ("he", "he him his himself"))
+            for w in ws.split()}
 # Capitalized mid-sentence, yet no character's name: titles, days, months, holidays, languages.
 NOT_NAMES = frozenset("""i mr mrs ms dr miss sir mister god monday tuesday wednesday thursday friday saturday sunday
 january february march april june july august september october november december christmas easter halloween
@@ -264,17 +266,35 @@ def _most_frequent(names: Counter) -> Optional[str]:
     return max(names, key=names.get) if names else None  # max keeps the first of equals: first to appear
 
 
-def main_characters(stories: Iterable[str], stats: WordStats) -> list[str]:
-    """The main characters' names of `stories`, each once, sorted: what rename_main draws from."""
-    return sorted({name for story in stories if (name := main_character(story, stats))})
+def pronouns(story: str) -> str:
+    """"she" or "he", whichever set of pronouns the story uses more (she/her/hers/herself against he/him/his/
+    himself), or "" where neither does: the main character's, mostly."""
+    counts = Counter(PRONOUNS.get(w.lower(), "") for w, _ in tokens(story))
+    return "she" if counts["she"] > counts["he"] else "he" if counts["he"] > counts["she"] else ""
 
 
-def rename_main(story: str, stats: WordStats, names: list[str], rng: random.Random) -> str:
+def main_characters(stories: Iterable[str], stats: WordStats) -> dict[str, str]:
+    """Each main character's name in `stories` (sorted) -> "she" or "he" where at least 2/3 of its stories with a
+    pronouns() agree, else "": what rename_main draws from."""
+    seen: dict[str, Counter] = {}
+    for story in stories:
+        if name := main_character(story, stats):
+            seen.setdefault(name, Counter())[pronouns(story)] += 1
+    kinds = {}
+    for name in sorted(seen):
+        said = seen[name]["she"] + seen[name]["he"]
+        kinds[name] = next((k for k in ("she", "he") if said and seen[name][k] >= 2 / 3 * said), "")
+    return kinds
+
+
+def rename_main(story: str, stats: WordStats, names: dict[str, str], rng: random.Random) -> str:
     """The story with its main character's name, wherever it stands as a word ("Lily's" too), replaced by one of
-    `names` drawn uniformly that the story does not already use; the story as it is where it has no name."""
+    `names` (main_characters) drawn uniformly: one the story does not already use, and where the story's
+    pronouns() say "she" or "he", one of that kind, so that "Lily ... she" never becomes "Max ... she". The story
+    as it is where it has no name, or no name is left to draw."""
     old = main_character(story, stats)
-    used = {w.lower() for w, _ in tokens(story)}
-    choices = [n for n in names if n.lower() not in used]
+    used, kind = {w.lower() for w, _ in tokens(story)}, pronouns(story)
+    choices = [n for n, k in names.items() if n.lower() not in used and (k == kind or not kind)]
     if old is None or not choices:
         return story
     return re.sub(rf"(?<![A-Za-z]){re.escape(old)}(?![A-Za-z])", rng.choice(choices), story)
