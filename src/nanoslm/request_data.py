@@ -7,9 +7,10 @@ requests.spare tokens left over.
 A line is {"messages": [user: the request, assistant: the story], "request": its checkable constraints}: train
 requests from the train split (word statistics from it too), naming up to requests.TRAIN_WORDS words; validation
 requests from the validation split only, up to requests.WORDS, as a person's request would.
-A train conversation's story has its main character renamed (requests.rename_main), drawn uniformly from the train
-split's main characters: the held-out names a model failed to write were the rare ones, which it had never been
-asked for (docs/experiments.md, 2026-12-05 16:xx). A plain story in pre-training keeps its names.
+A train conversation's story has its main character renamed (requests.rename_main): a name drawn from the train
+split's main characters whose pronouns agree. The held-out names a model failed to write were rare ones it had
+never been asked for; renaming raised names from 0.92 to 0.93-0.95 (docs/experiments.md, 2026-12-05 16:03 to
+16:50). A plain story in pre-training keeps its names.
 A story whose conversation would not fit the model's context is cut after its last sentence that fits, and the
 request is derived from what is kept, so every request stays one its story satisfies; a story whose first
 sentence does not fit is left out. The counts of both are returned. Pre-training never cuts: a story that does not
