@@ -12,7 +12,8 @@ from nanoslm.config import TokenizerConfig, load_params
 from nanoslm.conversation import ChatTokens, read_jsonl
 from nanoslm.follow import score
 from nanoslm.request_data import write_requests
-from nanoslm.requests import TRAIN_WORDS, WORDS, Request, WordStats, derive, main_characters, rename_main
+from nanoslm.requests import (TRAIN_WORDS, WORDS, Request, WordStats, derive, main_character, main_characters,
+                              rename_main)
 from nanoslm.sources import iter_txt_stories
 from nanoslm.tokenization import tokenize
 from nanoslm.tokenizer import gpt2_encoding
@@ -69,7 +70,7 @@ def test_train_conversations_rename_their_main_character_and_held_out_ones_keep_
     for split, originals in (("train", train), ("validation", list(iter_txt_stories(raw / "validation.txt")))):
         records = [json.loads(line) for line in (tmp_path / "requests" / f"{split}.jsonl").read_text().splitlines()]
         assert len(records) == len(originals)
-        own = [derive(story, stats, random.Random()).name for story in originals]
+        own = [main_character(story, stats) for story in originals]
         asked = [r["request"]["name"] for r in records]
         stories = [r["messages"][1]["content"] for r in records]
         assert all(name in story for name, story in zip(asked, stories) if name)
